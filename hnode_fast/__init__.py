@@ -1,0 +1,26 @@
+"""hnode_fast: fast sparse hybrid neural ODEs (mechanistic model + masked network).
+
+Quick start::
+
+    import torch, hnode_fast as hf
+    mech = hf.MechanisticGraph(2, [hf.Linear(0, 1, 1.2), hf.Linear(1, None, 0.3)])
+    field = hf.HybridField(mech=mech, nn=hf.MaskedMLP(2, 2, hidden=(16,)))
+    y = hf.odeint(field, torch.tensor([[5.0, 0.0]]), torch.linspace(0, 10, 20))  # (T, B, D)
+"""
+from ._version import __version__
+from .events import Events, Inputs
+from .fields import (ACTIVATIONS, Constant, FieldSpec, Hill, HybridField, Input, Linear, MaskedMLP, MassAction,
+                     MechanisticGraph, MichaelisMenten)
+from .reference.engine import Stats
+from .solve import odeint
+
+
+def build_info() -> dict:
+    """What was compiled: ``version, cpu, cuda, cuda_archs, triton, compilers, torch``."""
+    from ._native import build_info as _bi
+    return _bi()
+
+
+__all__ = ["__version__", "Events", "Inputs", "ACTIVATIONS", "Constant", "FieldSpec", "Hill", "HybridField", "Input",
+           "Linear", "MaskedMLP", "MassAction", "MechanisticGraph", "MichaelisMenten", "Stats", "odeint",
+           "build_info"]

@@ -1,0 +1,25 @@
+"""Backends: each takes a validated :class:`~hnode_fast.solve.Problem` and returns ``(y, Stats)``.
+
+``backend="auto"`` picks the fastest backend that is built and supports the problem; asking
+for one that is not built raises instead of falling back silently.
+"""
+from __future__ import annotations
+
+from . import reference as _reference
+
+_BUILT = {"reference": _reference.solve}
+
+
+def available() -> list:
+    """Names of the backends usable in this build."""
+    return sorted(_BUILT)
+
+
+def dispatch(prob, backend: str):
+    if backend == "auto":
+        backend = "reference"
+    if backend not in _BUILT:
+        raise NotImplementedError(
+            f"backend={backend!r} is not available in this build (available: {available()}); "
+            "see hf.build_info()")
+    return _BUILT[backend](prob)

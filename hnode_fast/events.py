@@ -1,0 +1,116 @@
+"""Per-trajectory discontinuities: bolus doses (:class:`Events`) and piecewise-constant
+exogenous inputs (:class:`Inputs`). Both restart the integrator at their times."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def _as2d(x, name: str, dtype=None) -> torch.Tensor:
+    x = torch.as_tensor(x, dtype=dtype)
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (B, K), got {tuple(x.shape)}")
+    return x
+
+
+@dataclass
+class Events:
+    """Bolus doses: at ``times[b, k]`` add ``amounts[b, k]`` to state ``states[b, k]``.
+
+    Shapes ``(B, K)`` (or ``(K,)`` for a single trajectory / shared by all); pad unused slots
+    with ``+inf`` times. The solver integrates to each time, adds the amount and restarts
+    (new initial step). An output requested exactly at a dose time reports the pre-dose state
+    (left limit), as pharmacometric trough samples do. Amounts may require grad.
+    """
+
+    times: torch.Tensor
+    states: torch.Tensor
+    amounts: torch.Tensor
+
+    def __post_init__(self):
+        self.times = _as2d(self.times, "events.times", torch.float64)
+        self.states = _as2d(self.states, "events.states")
+        self.amounts = _as2d(self.amounts, "events.amounts")
+        if self.states.is_floating_point():
+            if not torch.equal(self.states, self.states.round()):
+                raise ValueError("events.states must be integer state indices")
+        self.states = self.states.long()
+        if not (self.times.shape == self.states.shape == self.amounts.shape):
+            raise ValueError(
+                f"events.times, events.states, events.amounts must have the same shape, got "
+                f"{tuple(self.times.shape)}, {tuple(self.states.shape)}, {tuple(self.amounts.shape)}")
+        if torch.isnan(self.times).any() or (self.times == -float("inf")).any():
+            raise ValueError("events.times must not contain NaN or -inf (pad with +inf)")
+        real = torch.isfinite(self.times)
+        if not torch.isfinite(self.amounts.detach()[real]).all():
+            raise ValueError("events.amounts must be finite")
+
+    def validate(self, B: int, D: int, t0: torch.Tensor) -> "Events":
+        """Broadcast to ``B`` rows and check ranges against ``D`` states and start times."""
+        ev = self
+        if ev.times.shape[0] == 1 and B > 1:
+            ev = Events(ev.times.expand(B, -1), ev.states.expand(B, -1), ev.amounts.expand(B, -1))
+        if ev.times.shape[0] != B:
+            raise ValueError(f"events have {ev.times.shape[0]} rows but the batch has {B} trajectories")
+        real = torch.isfinite(ev.times)
+        if ((ev.states < 0) | (ev.states >= D))[real].any():
+            raise ValueError(f"events.states must be state indices in [0, {D})")
+        if (ev.times < t0.to(ev.times.device)[:, None])[real].any():
+            raise ValueError("events.times must not be earlier than the trajectory's first time")
+        return ev
+
+
+@dataclass
+class Inputs:
+    """Exogenous inputs ``u(t)``, piecewise constant per trajectory.
+
+    ``times (B, J)`` non-decreasing switch times (pad with ``+inf``), ``values (B, J, K)``:
+    ``u_b(t) = values[b, j]`` for ``times[b, j] <= t < times[b, j+1]`` and 0 before
+    ``times[b, 0]``. Switch times are integration breakpoints.
+    """
+
+    times: torch.Tensor
+    values: torch.Tensor
+
+    def __post_init__(self):
+        self.times = _as2d(self.times, "inputs.times", torch.float64)
+        v = torch.as_tensor(self.values)
+        if v.dim() == 2:
+            v = v.unsqueeze(0)
+        if v.dim() != 3 or v.shape[:2] != self.times.shape:
+            raise ValueError(f"inputs.values must have shape (B, J, K) with (B, J) = {tuple(self.times.shape)}, "
+                             f"got {tuple(v.shape)}")
+        self.values = v
+        if torch.isnan(self.times).any():
+            raise ValueError("inputs.times must not contain NaN")
+        if (self.times[:, 1:] < self.times[:, :-1]).any():
+            raise ValueError("inputs.times must be non-decreasing in each row")
+        if not torch.isfinite(v.detach()[torch.isfinite(self.times)]).all():
+            raise ValueError("inputs.values must be finite")
+
+    @property
+    def n_inputs(self) -> int:
+        return self.values.shape[2]
+
+    def validate(self, B: int, K: int) -> "Inputs":
+        inp = self
+        if inp.times.shape[0] == 1 and B > 1:
+            inp = Inputs(inp.times.expand(B, -1), inp.values.expand(B, -1, -1))
+        if inp.times.shape[0] != B:
+            raise ValueError(f"inputs have {inp.times.shape[0]} rows but the batch has {B} trajectories")
+        if inp.n_inputs != K:
+            raise ValueError(f"inputs.values has {inp.n_inputs} inputs but the field expects K={K}")
+        return inp
+
+    def at(self, t: torch.Tensor, left: bool = False) -> torch.Tensor:
+        """``u(t)`` for float64 ``t (B,)`` -> ``(B, K)``; ``left=True`` gives ``u(t-)``."""
+        tt = self.times.to(t.device)
+        t = t.to(torch.float64).reshape(-1, 1)
+        before = (tt < t) if left else (tt <= t)
+        j = before.sum(dim=1) - 1  # last switch at or before t
+        vals = self.values.to(t.device)
+        out = vals[torch.arange(vals.shape[0], device=t.device), j.clamp(min=0)]
+        return torch.where((j >= 0)[:, None], out, torch.zeros_like(out))

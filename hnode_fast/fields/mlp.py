@@ -1,0 +1,196 @@
+"""Masked multilayer perceptron: the neural part of a hybrid field.
+
+Math (layer ``l`` of ``L``, ``x_0`` the input features)::
+
+    x_{l+1} = act(x_l (W_l * M_l * g_l)^T + b_l)      l < L-1   (act = identity on the last layer)
+
+``W_l`` is ``layers[l].weight`` with shape ``(out_l, in_l)``, ``M_l`` the bool mask buffer
+``masks[l]`` of the same shape, and ``g_l`` optional L0 hard-concrete gates, one per *input
+unit* of layer ``l`` (shape ``(in_l,)``, broadcast over rows). Masked entries get zero gradient
+because only ``W * M`` enters the computation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "identity": 0,
+    "tanh": 1,
+    "relu": 2,
+    "elu": 3,
+    "softplus": 4,
+    "silu": 5,
+}
+
+# L0 hard-concrete constants (Louizos et al. 2018; Aliee et al. 2022 defaults).
+L0_GAMMA = -0.1
+L0_ZETA = 1.1
+L0_BETA = 2.0 / 3.0
+L0_EPS = 1e-6
+
+
+def apply_activation(x: torch.Tensor, code: int) -> torch.Tensor:
+    """Apply activation number ``code`` (see ``ACTIVATIONS``) elementwise."""
+    if code == 0:
+        return x
+    if code == 1:
+        return torch.tanh(x)
+    if code == 2:
+        return torch.relu(x)
+    if code == 3:
+        return torch.nn.functional.elu(x)
+    if code == 4:
+        return torch.nn.functional.softplus(x)
+    if code == 5:
+        return torch.nn.functional.silu(x)
+    raise ValueError(f"unknown activation code {code}")
+
+
+class MaskedMLP(nn.Module):
+    """MLP whose weights are multiplied by fixed bool masks (and optional L0 gates).
+
+    Args:
+        in_dim: input features (for a hybrid field: ``D`` states, or ``D + K`` with inputs).
+        out_dim: outputs (``D`` for a hybrid field).
+        hidden: hidden widths, e.g. ``(32, 32)``; ``()`` gives a single linear layer.
+        activation: one of ``identity, tanh, relu, elu, softplus, silu`` (hidden layers only).
+        gates: ``None`` or ``"l0"`` — hard-concrete gates on the inputs of every layer.
+        init_keep: for ``gates="l0"``, initial keep probability of the first layer's gates
+            (others use 0.5), as in Aliee et al. (p = 0.2 drop on the first layer).
+
+    Shapes: ``forward(x)`` maps ``(B, in_dim) -> (B, out_dim)``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: Sequence[int] = (32, 32),
+        activation: str = "tanh",
+        gates: Optional[str] = None,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if int(in_dim) < 1 or int(out_dim) < 1:
+            raise ValueError(f"in_dim and out_dim must be >= 1, got in_dim={in_dim}, out_dim={out_dim}")
+        hidden = tuple(int(h) for h in hidden)
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"hidden widths must be >= 1, got hidden={hidden}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if gates not in (None, "l0"):
+            raise ValueError(f"gates must be None or 'l0', got {gates!r}")
+        self.in_dim = int(in_dim)
+        self.out_dim = int(out_dim)
+        self.hidden = hidden
+        self.activation = activation
+        self.act_code = ACTIVATIONS[activation]
+        self.gates = gates
+        sizes = (self.in_dim,) + hidden + (self.out_dim,)
+        self.layers = nn.ModuleList(
+            nn.Linear(sizes[i], sizes[i + 1], bias=bias) for i in range(len(sizes) - 1)
+        )
+        for i, layer in enumerate(self.layers):
+            self.register_buffer(f"mask_{i}", torch.ones_like(layer.weight, dtype=torch.bool))
+        self._noise = None
+        if gates == "l0":
+            self.log_alpha = nn.ParameterList()
+            for i, layer in enumerate(self.layers):
+                p_drop = 0.2 if i == 0 else 0.5
+                mean = math.log(1 - p_drop) - math.log(p_drop)
+                la = torch.empty(layer.in_features).normal_(mean, 0.01)
+                self.log_alpha.append(nn.Parameter(la))
+
+    # ------------------------------------------------------------------ masks
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def masks(self) -> list:
+        """List of bool mask buffers, ``masks[i].shape == layers[i].weight.shape``."""
+        return [getattr(self, f"mask_{i}") for i in range(len(self.layers))]
+
+    def set_mask(self, i: int, m) -> None:
+        """Set the bool mask of layer ``i`` (shape ``layers[i].weight.shape``)."""
+        if not isinstance(i, int) or not 0 <= i < len(self.layers):
+            raise ValueError(f"layer index i must be in [0, {len(self.layers)}), got {i!r}")
+        m = torch.as_tensor(m)
+        shape = tuple(self.layers[i].weight.shape)
+        if tuple(m.shape) != shape:
+            raise ValueError(f"mask for layer {i} must have shape {shape}, got {tuple(m.shape)}")
+        if m.dtype != torch.bool:
+            if m.is_floating_point() and not torch.isfinite(m).all():
+                raise ValueError(f"mask for layer {i} contains NaN/inf")
+            m = m != 0
+        buf = getattr(self, f"mask_{i}")
+        buf.copy_(m.to(buf.device))
+
+    # ------------------------------------------------------------------ gates
+    def gate_values(self, i: int) -> Optional[torch.Tensor]:
+        """L0 gates ``z`` of layer ``i`` (shape ``(in_i,)``) or ``None`` without gates.
+
+        Training mode uses the hard-concrete sample drawn by the last :meth:`resample_gates`
+        (drawn on first use), so one ODE solve sees ONE gate sample in every field evaluation;
+        call ``resample_gates()`` once per training iteration (``hf.fit`` does). Eval mode is
+        deterministic: ``z = clamp(sigmoid(log_alpha) (zeta - gamma) + gamma, 0, 1)``.
+        """
+        if self.gates is None:
+            return None
+        la = self.log_alpha[i]
+        if self.training:
+            if self._noise is None:
+                self.resample_gates()
+            u = self._noise[i]
+            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + la) / L0_BETA)
+        else:
+            s = torch.sigmoid(la)
+        return torch.clamp(s * (L0_ZETA - L0_GAMMA) + L0_GAMMA, 0.0, 1.0)
+
+    def resample_gates(self) -> None:
+        """Draw new uniform noise ``u ~ U(eps, 1 - eps)`` for the training-mode gates."""
+        if self.gates is None:
+            return
+        self._noise = [torch.empty_like(la).uniform_(L0_EPS, 1 - L0_EPS).detach() for la in self.log_alpha]
+
+    def l0_penalty(self) -> torch.Tensor:
+        """Expected number of open gates: ``sum 1 - sigmoid(beta log(-gamma/zeta) - log_alpha)``."""
+        if self.gates is None:
+            raise ValueError("l0_penalty() needs MaskedMLP(..., gates='l0')")
+        c = L0_BETA * math.log(-L0_GAMMA / L0_ZETA)
+        return sum((1 - torch.sigmoid(c - la)).sum() for la in self.log_alpha)
+
+    # ------------------------------------------------------------------ weights
+    def effective_weight(self, i: int, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``W_i * M_i`` (times the input gates of layer ``i`` when given), shape ``(out_i, in_i)``."""
+        w = self.layers[i].weight * self.masks[i]
+        if gate is not None:
+            w = w * gate
+        return w
+
+    def effective_weights(self) -> list:
+        """Effective weights of all layers, with deterministic-or-sampled gates applied."""
+        return [self.effective_weight(i, self.gate_values(i)) for i in range(len(self.layers))]
+
+    def bias(self, i: int) -> torch.Tensor:
+        b = self.layers[i].bias
+        if b is None:
+            return self.layers[i].weight.new_zeros(self.layers[i].out_features)
+        return b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_dim) -> (B, out_dim)``."""
+        ws = self.effective_weights()
+        last = len(self.layers) - 1
+        for i, w in enumerate(ws):
+            x = torch.nn.functional.linear(x, w, self.bias(i))
+            if i < last:
+                x = apply_activation(x, self.act_code)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, hidden={self.hidden}, activation={self.activation!r}, gates={self.gates!r}"

@@ -1,0 +1,55 @@
+"""Turn (func, y0, t, events, inputs) into the engine's ``fun``, stops and jump."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..events import Events, Inputs
+
+
+def make_fun(func, field_like: bool, inputs: Optional[Inputs], squeeze: bool, shared: bool, dtype,
+             left: bool = False):
+    """Engine callback ``(t (B,) f64, y (B, N), t_seg (B,) f64) -> (B, N)`` in forward time.
+
+    HybridFields get ``u`` looked up at the step start ``t_seg`` (``left=True``: the left limit,
+    used when integrating backwards in time). Plain callables get ``t`` as a tensor of the state
+    dtype: shape ``(B,)`` in ``step_mode="per_sample"`` (torchode's convention), a scalar in
+    ``"shared"`` mode or for a single ``(D,)`` trajectory (torchdiffeq's), and ``y`` as given.
+    """
+    if field_like:
+        def fun(t, y, t_seg):
+            u = inputs.at(t_seg, left=left).to(y.dtype) if inputs is not None else None
+            return func.eval_u(y, u)
+        return fun
+
+    def fun(t, y, t_seg):
+        if squeeze:
+            out = func(t[0].to(dtype), y[0])
+            return out.reshape(1, -1)
+        tt = t[0].to(dtype) if shared else t.to(dtype)
+        return func(tt, y)
+    return fun
+
+
+def build_stops(out_t: torch.Tensor, events: Optional[Events], inputs: Optional[Inputs]) -> Optional[torch.Tensor]:
+    """Sorted float64 breakpoints ``(B, S)``: dose times and input switch times (``+inf`` pads)."""
+    parts = []
+    if events is not None:
+        parts.append(events.times.to(out_t.device, torch.float64))
+    if inputs is not None:
+        parts.append(inputs.times.to(out_t.device, torch.float64))
+    if not parts:
+        return None
+    return torch.sort(torch.cat(parts, dim=1), dim=1).values
+
+
+def dose_delta(events: Events, t: torch.Tensor, hit: torch.Tensor, shape, dtype, sign: float = 1.0):
+    """``(B, N)`` sum of the amounts of the doses of rows ``hit`` given exactly at ``t``."""
+    sel = (events.times.to(t.device) == t[:, None]) & hit[:, None]
+    delta = torch.zeros(shape, dtype=dtype, device=t.device)
+    if bool(sel.any()):
+        bb, kk = torch.nonzero(sel, as_tuple=True)
+        amounts = events.amounts.to(device=t.device, dtype=dtype)[bb, kk]
+        delta = delta.index_put((bb, events.states.to(t.device)[bb, kk]), sign * amounts, accumulate=True)
+    return delta
