@@ -15,6 +15,14 @@ def available() -> list:
     return sorted(_BUILT)
 
 
+_ADJOINTS = {"reference": ("discrete", "backsolve")}
+
+
+def supports(backend: str, adjoint: str = "discrete") -> bool:
+    """Whether ``backend`` is built and implements ``adjoint``."""
+    return backend in _BUILT and adjoint in _ADJOINTS.get(backend, ("discrete",))
+
+
 def dispatch(prob, backend: str):
     if backend == "auto":
         backend = "reference"

@@ -192,6 +192,8 @@ class MechanisticGraph(nn.Module):
         param: ``"raw"`` (parameters stored as given) or ``"log"`` (stored as logs, all > 0).
         learn_gates: make the per-term gates learnable (HGS edge weights; default fixed at 1).
         state_names: optional names, used in error messages and by training utilities.
+        dtype: dtype of the parameters (default ``torch.get_default_dtype()``); pass
+            ``torch.float64`` for float64 work so literal rates are not first rounded to float32.
 
     Attributes:
         params: flat ``nn.Parameter`` of all term parameters (stored form), ``param_offsets``
@@ -208,6 +210,7 @@ class MechanisticGraph(nn.Module):
         param: str = "raw",
         learn_gates: bool = False,
         state_names: Optional[Sequence[str]] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         if int(n_states) < 1:
@@ -227,16 +230,17 @@ class MechanisticGraph(nn.Module):
             offsets.append(len(values))
             values.extend(float(v) for v in term.values())
         offsets.append(len(values))
-        vals = torch.tensor(values, dtype=torch.get_default_dtype())
+        dtype = dtype or torch.get_default_dtype()
+        vals = torch.tensor(values, dtype=torch.float64)
         if not torch.isfinite(vals).all():
             raise ValueError("terms: parameter values must be finite")
         if param == "log":
             if (vals <= 0).any():
                 raise ValueError("terms: param='log' needs every parameter > 0")
             vals = torch.log(vals)
-        self.params = nn.Parameter(vals)
+        self.params = nn.Parameter(vals.to(dtype))
         self.param_offsets = offsets
-        self.gates = nn.Parameter(torch.ones(len(self.terms)), requires_grad=bool(learn_gates))
+        self.gates = nn.Parameter(torch.ones(len(self.terms), dtype=dtype), requires_grad=bool(learn_gates))
         self.register_buffer("term_mask", torch.ones(len(self.terms), dtype=torch.bool))
 
     def _validate_term(self, j: int, term: Term) -> None:

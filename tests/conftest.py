@@ -1,0 +1,54 @@
+"""Shared fixtures: fresh random inputs every run (seed printed), float64 strict mode."""
+import os
+import random
+
+import pytest
+import torch
+
+import hnode_fast as hf
+from hnode_fast import backends
+
+# Backends that solve hf.HybridField problems on CPU tensors in this build. Triton runs only
+# under TRITON_INTERPRET=1 in its own pytest invocation (tests/triton).
+FIELD_BACKENDS = [b for b in backends.available() if b in ("reference", "cpu")]
+
+
+@pytest.fixture(params=FIELD_BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def seed():
+    s = int(os.environ.get("HNODE_TEST_SEED", random.randrange(2**31)))
+    torch.manual_seed(s)
+    print(f"HNODE_TEST_SEED={s}")
+    return s
+
+
+def random_field(D=3, hidden=(8, 8), activation="tanh", n_inputs=0, mech=True, nn=True, dtype=torch.float64,
+                 mask_density=None, nn_inputs=False, scale=0.5):
+    """A random hybrid field exercising every term kind (non-stiff, bounded for t <= ~5)."""
+    terms = []
+    if mech:
+        for i in range(D):
+            terms.append(hf.Linear(i, (i + 1) % D if D > 1 else None, 0.3 + 0.2 * float(torch.rand(()))))
+        terms.append(hf.Constant(0, 0.1))
+        terms.append(hf.MichaelisMenten(D - 1, None, 0.5, 0.7))
+        terms.append(hf.Hill(0, D - 1, 0.4, 0.8, 2.0))
+        terms.append(hf.Hill(D - 1, 0, 0.3, 0.6, 1.5, repress=True))
+        terms.append(hf.MassAction((0, D - 1), None, 0.05))
+        for k in range(n_inputs):
+            terms.append(hf.Input(k, k % D, 0.7))
+    m = hf.MechanisticGraph(D, terms, n_inputs=n_inputs, dtype=dtype) if mech else None
+    net = None
+    if nn:
+        net = hf.MaskedMLP(D + (n_inputs if nn_inputs else 0), D, hidden=hidden, activation=activation)
+        with torch.no_grad():
+            for layer in net.layers:
+                layer.weight.mul_(scale)
+        if mask_density is not None:
+            for i, layer in enumerate(net.layers):
+                net.set_mask(i, torch.rand(layer.weight.shape) < mask_density)
+    f = hf.HybridField(mech=m, nn=net, n_states=D, n_inputs=n_inputs if (n_inputs and not mech) else None)
+    return f.to(dtype)
