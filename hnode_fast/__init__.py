@@ -13,6 +13,7 @@ from .fields import (ACTIVATIONS, Constant, FieldSpec, Hill, HybridField, Input,
                      MechanisticGraph, MichaelisMenten)
 from .reference.engine import Stats
 from .solve import odeint
+from . import sparsity  # noqa: E402  (hf.sparsity.*)
 
 
 def build_info() -> dict:

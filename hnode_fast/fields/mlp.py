@@ -97,6 +97,8 @@ class MaskedMLP(nn.Module):
         for i, layer in enumerate(self.layers):
             self.register_buffer(f"mask_{i}", torch.ones_like(layer.weight, dtype=torch.bool))
         self._noise = None
+        self.edge_weights = None  # HGS edge weights, see add_edge_weights()
+        self.register_buffer("edge_rows", None)
         if gates == "l0":
             self.log_alpha = nn.ParameterList()
             for i, layer in enumerate(self.layers):
@@ -164,10 +166,47 @@ class MaskedMLP(nn.Module):
         c = L0_BETA * math.log(-L0_GAMMA / L0_ZETA)
         return sum((1 - torch.sigmoid(c - la)).sum() for la in self.log_alpha)
 
+    # ------------------------------------------------------------------ HGS edge weights
+    def add_edge_weights(self, row_blocks) -> None:
+        """Add one learnable scalar per (block, input) edge, HGS style.
+
+        ``row_blocks``: ``(out_0,)`` ints, the block (target state) of each first-layer row. The
+        first layer's effective weight becomes ``W_0 * M_0 * w[row_blocks]`` with
+        ``w`` of shape ``(n_blocks, in_dim)`` initialised to 1 — the edge ``u -> v`` is the
+        weight ``w[v, u]`` that scales input ``u`` in state ``v``'s subnetwork.
+        """
+        rb = torch.as_tensor(row_blocks, dtype=torch.long).reshape(-1)
+        if rb.numel() != self.layers[0].out_features or (rb < 0).any():
+            raise ValueError(f"row_blocks must hold {self.layers[0].out_features} non-negative block ids")
+        n_blocks = int(rb.max()) + 1
+        w = self.layers[0].weight
+        self.edge_rows = rb.to(w.device)
+        self.edge_weights = nn.Parameter(torch.ones(n_blocks, self.in_dim, dtype=w.dtype, device=w.device))
+
+    def edge_live(self) -> torch.Tensor:
+        """``(n_blocks, in_dim)`` bool: edges with at least one unmasked first-layer weight."""
+        m = self.masks[0]
+        nb = self.edge_weights.shape[0]
+        return torch.stack([m[self.edge_rows == b].any(dim=0) for b in range(nb)])
+
+    @torch.no_grad()
+    def prune_edges(self, threshold: float) -> int:
+        """Mask every first-layer weight of edges with ``|w| < threshold``; returns edges pruned."""
+        if self.edge_weights is None:
+            return 0
+        live = self.edge_live()
+        dead = live & (self.edge_weights.abs() < threshold)
+        m0 = self.masks[0] & ~dead[self.edge_rows]
+        self.set_mask(0, m0)
+        return int(dead.sum())
+
     # ------------------------------------------------------------------ weights
     def effective_weight(self, i: int, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``W_i * M_i`` (times the input gates of layer ``i`` when given), shape ``(out_i, in_i)``."""
+        """``W_i * M_i`` (times the input gates of layer ``i`` when given, and for ``i = 0`` the
+        HGS edge weights when present), shape ``(out_i, in_i)``."""
         w = self.layers[i].weight * self.masks[i]
+        if i == 0 and self.edge_weights is not None:
+            w = w * self.edge_weights[self.edge_rows]
         if gate is not None:
             w = w * gate
         return w

@@ -1,0 +1,63 @@
+"""Pruning: turn small weights and edges into masks (the FieldSpec then compacts them away)."""
+from __future__ import annotations
+
+import torch
+
+from ..fields.hybrid import HybridField
+from .regularizers import _mlp
+
+
+@torch.no_grad()
+def prune_threshold(field, threshold: float) -> int:
+    """Mask off network weights with ``|W * M| < threshold``; returns how many were pruned."""
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    mlp = _mlp(field)
+    n = 0
+    for i in range(mlp.n_layers):
+        w = mlp.effective_weight(i)
+        m = mlp.masks[i]
+        new = m & (w.abs() >= threshold)
+        n += int((m & ~new).sum())
+        mlp.set_mask(i, new)
+    return n
+
+
+@torch.no_grad()
+def prune_magnitude(field, fraction: float, per_layer: bool = False) -> int:
+    """Keep the largest ``1 - fraction`` of ALL network weights by ``|W * M|`` (globally, or
+    per layer); already-masked weights count as pruned. Returns how many were newly pruned."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    mlp = _mlp(field)
+    ws = [mlp.effective_weight(i).abs() * mlp.masks[i] for i in range(mlp.n_layers)]
+    n_before = sum(int(m.sum()) for m in mlp.masks)
+    groups = [[i] for i in range(mlp.n_layers)] if per_layer else [list(range(mlp.n_layers))]
+    for g in groups:
+        flat = torch.cat([ws[i].flatten() for i in g])
+        keep = int(round((1.0 - fraction) * flat.numel()))
+        live = flat[torch.cat([mlp.masks[i].flatten() for i in g])]
+        keep = min(keep, live.numel())
+        if keep == 0:
+            thr = float("inf")
+        else:
+            thr = float(torch.topk(live, keep).values.min())
+        for i in g:
+            mlp.set_mask(i, mlp.masks[i] & (ws[i] >= thr) & (ws[i] > 0) if keep else torch.zeros_like(mlp.masks[i]))
+    return n_before - sum(int(m.sum()) for m in mlp.masks)
+
+
+@torch.no_grad()
+def prune_edges(field, threshold: float) -> int:
+    """HGS: mask off mechanistic terms whose learnable gate has ``|g| < threshold`` and network
+    input edges whose weight ``|w_(u,v)| < threshold``. Returns the number of edges pruned."""
+    n = 0
+    if isinstance(field, HybridField) and field.mech is not None and field.mech.gates.requires_grad:
+        mech = field.mech
+        new = mech.term_mask & (mech.gates.abs() >= threshold)
+        n += int((mech.term_mask & ~new).sum())
+        mech.set_term_mask(new)
+    mlp = _mlp(field)
+    if mlp is not None and mlp.edge_weights is not None:
+        n += mlp.prune_edges(threshold)
+    return n
