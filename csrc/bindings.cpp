@@ -1,0 +1,130 @@
+// pybind11 module hnode_fast._C. No torch headers: Python passes raw pointers, sizes and
+// streams as integers; this file only converts and dispatches.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cctype>
+#include <string>
+#include <vector>
+
+#include "hnode/tableau.h"
+
+namespace py = pybind11;
+
+namespace hnode {
+void register_cpu(py::module_& m);  // csrc/cpu/solve_cpu.cpp
+}  // namespace hnode
+
+#ifndef HNODE_WITH_CUDA
+#define HNODE_WITH_CUDA 0
+#endif
+#ifndef HNODE_WITH_OPENMP
+#define HNODE_WITH_OPENMP 0
+#endif
+#ifndef HNODE_CUDA_ARCHS
+#define HNODE_CUDA_ARCHS ""
+#endif
+#ifndef HNODE_CXX_COMPILER
+#define HNODE_CXX_COMPILER "unknown"
+#endif
+
+#if HNODE_WITH_CUDA
+namespace hnode {
+namespace cuda {
+int device_count();     // csrc/cuda/device_info.cu
+int runtime_version();  // csrc/cuda/device_info.cu
+}  // namespace cuda
+}  // namespace hnode
+#endif
+
+namespace {
+
+// "80,90a,90-real" -> {80, 90, 90}; entries without leading digits ("native") are skipped.
+std::vector<int> parse_archs(const std::string& s) {
+  std::vector<int> out;
+  std::size_t i = 0;
+  while (i < s.size()) {
+    std::size_t j = s.find_first_of(",;", i);
+    if (j == std::string::npos) j = s.size();
+    std::string item = s.substr(i, j - i);
+    std::size_t k = 0;
+    while (k < item.size() && std::isspace(static_cast<unsigned char>(item[k]))) ++k;
+    int v = 0;
+    bool any = false;
+    while (k < item.size() && std::isdigit(static_cast<unsigned char>(item[k]))) {
+      v = v * 10 + (item[k] - '0');
+      any = true;
+      ++k;
+    }
+    if (any) out.push_back(v);
+    i = j + 1;
+  }
+  return out;
+}
+
+template <std::size_t N>
+py::list vec(const double (&a)[N]) {
+  py::list l;
+  for (std::size_t i = 0; i < N; ++i) l.append(a[i]);
+  return l;
+}
+
+template <std::size_t R, std::size_t K>
+py::list mat(const double (&a)[R][K]) {
+  py::list l;
+  for (std::size_t i = 0; i < R; ++i) l.append(vec(a[i]));
+  return l;
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["cuda"] = static_cast<bool>(HNODE_WITH_CUDA);
+  d["cuda_archs"] = parse_archs(HNODE_CUDA_ARCHS);
+#if HNODE_WITH_CUDA && defined(HNODE_CUDA_COMPILER_VERSION)
+  d["cuda_compiler"] = std::string("NVIDIA ") + HNODE_CUDA_COMPILER_VERSION;
+  d["cuda_runtime_version"] = hnode::cuda::runtime_version();  // e.g. 13000
+#else
+  d["cuda_compiler"] = py::none();
+  d["cuda_runtime_version"] = py::none();
+#endif
+  d["cxx_compiler"] = std::string(HNODE_CXX_COMPILER);
+  d["openmp"] = static_cast<bool>(HNODE_WITH_OPENMP);
+  return d;
+}
+
+py::dict dopri5_tableau() {
+  using T = hnode::DP5Table;
+  py::dict d;
+  d["C"] = vec(T::C);
+  d["A"] = mat(T::A);
+  d["B"] = vec(T::B);
+  d["E"] = vec(T::E);
+  d["P"] = mat(T::P);
+  d["n_stages"] = T::n_stages;
+  d["order"] = T::order;
+  d["error_estimator_order"] = T::error_estimator_order;
+  return d;
+}
+
+int cuda_device_count() {
+#if HNODE_WITH_CUDA
+  return hnode::cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "hnode_fast compiled core (CPU, optional CUDA). Raw pointers only, no libtorch.";
+  m.def("build_info", &build_info,
+        "Dict describing what was compiled: cuda, cuda_archs, cuda_compiler, "
+        "cuda_runtime_version, cxx_compiler, openmp.");
+  m.def("dopri5_tableau", &dopri5_tableau,
+        "Dormand-Prince 5(4) tableau from csrc/include/hnode/tableau.h, with scipy RK45 "
+        "shapes: C (6), A (6x5), B (6), E (7), P (7x4), as nested lists of floats.");
+  m.def("cuda_device_count", &cuda_device_count,
+        "Number of visible CUDA devices; 0 if not compiled with CUDA or no driver/device.");
+  hnode::register_cpu(m);
+}
