@@ -14,6 +14,8 @@ from .fields import (ACTIVATIONS, Constant, FieldSpec, Hill, HybridField, Input,
 from .reference.engine import Stats
 from .solve import odeint
 from . import sparsity  # noqa: E402  (hf.sparsity.*)
+from . import data, graph  # noqa: E402
+from .train import FitResult, Observe, evaluate, fit, predict, prune_retrain, select_regularization  # noqa: E402
 
 
 def build_info() -> dict:
@@ -24,4 +26,5 @@ def build_info() -> dict:
 
 __all__ = ["__version__", "Events", "Inputs", "ACTIVATIONS", "Constant", "FieldSpec", "Hill", "HybridField", "Input",
            "Linear", "MaskedMLP", "MassAction", "MechanisticGraph", "MichaelisMenten", "Stats", "odeint",
-           "build_info"]
+           "build_info", "sparsity", "data", "graph", "fit", "FitResult", "Observe", "evaluate", "predict",
+           "prune_retrain", "select_regularization"]
