@@ -7,14 +7,28 @@ Quick start::
     field = hf.HybridField(mech=mech, nn=hf.MaskedMLP(2, 2, hidden=(16,)))
     y = hf.odeint(field, torch.tensor([[5.0, 0.0]]), torch.linspace(0, 10, 20))  # (T, B, D)
 """
+from . import (  # noqa: E402
+    data,
+    graph,
+    sparsity,  # noqa: E402  (hf.sparsity.*)
+)
 from ._version import __version__
 from .events import Events, Inputs
-from .fields import (ACTIVATIONS, Constant, FieldSpec, Hill, HybridField, Input, Linear, MaskedMLP, MassAction,
-                     MechanisticGraph, MichaelisMenten)
+from .fields import (
+    ACTIVATIONS,
+    Constant,
+    FieldSpec,
+    Hill,
+    HybridField,
+    Input,
+    Linear,
+    MaskedMLP,
+    MassAction,
+    MechanisticGraph,
+    MichaelisMenten,
+)
 from .reference.engine import Stats
 from .solve import odeint
-from . import sparsity  # noqa: E402  (hf.sparsity.*)
-from . import data, graph  # noqa: E402
 from .train import FitResult, Observe, evaluate, fit, predict, prune_retrain, select_regularization  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import torch
 from . import sparsity as sp
 from .data import load_theoph
 from .fields import HybridField, Linear, MaskedMLP, MechanisticGraph
-from .train import Observe, evaluate, fit, predict
+from .train import Observe, evaluate, fit
 
 STATE_NAMES = ["depot", "central"]
 

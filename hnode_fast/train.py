@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch

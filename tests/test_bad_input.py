@@ -1,10 +1,9 @@
 """Bad input raises ValueError naming the argument; nothing segfaults or hangs."""
 import pytest
 import torch
+from conftest import random_field
 
 import hnode_fast as hf
-
-from conftest import random_field
 
 f64 = torch.float64
 nan, inf = float("nan"), float("inf")

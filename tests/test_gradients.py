@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
+from conftest import random_field
 from torch.func import functional_call
 
 import hnode_fast as hf
-
-from conftest import random_field
 
 f64 = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-12)

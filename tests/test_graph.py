@@ -7,7 +7,6 @@ import torch
 import hnode_fast as hf
 from hnode_fast import graph
 
-
 # ----------------------------------------------------------------------------- SCC collapse
 
 def test_three_cycle_collapses_to_one_node_with_self_loop():

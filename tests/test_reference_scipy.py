@@ -2,13 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import random_field
 from scipy.integrate import RK45, solve_ivp
 from scipy.integrate._ivp.common import select_initial_step
 
 import hnode_fast as hf
 from hnode_fast.reference import dopri5 as dp
-
-from conftest import random_field
 
 f64 = torch.float64
 

@@ -17,6 +17,19 @@ def available() -> list:
 
 _ADJOINTS = {"reference": ("discrete", "backsolve")}
 
+from . import cpu as _cpu  # noqa: E402
+
+if _cpu.is_available():
+    _BUILT["cpu"] = _cpu.solve
+    _ADJOINTS["cpu"] = ("discrete",)
+
+
+from . import triton as _triton  # noqa: E402  (imports triton lazily, on first use)
+
+if _triton.has_triton():
+    _BUILT["triton"] = _triton.solve  # never picked by "auto"
+    _ADJOINTS["triton"] = ("discrete",)
+
 
 def supports(backend: str, adjoint: str = "discrete") -> bool:
     """Whether ``backend`` is built and implements ``adjoint``."""
@@ -25,7 +38,7 @@ def supports(backend: str, adjoint: str = "discrete") -> bool:
 
 def dispatch(prob, backend: str):
     if backend == "auto":
-        backend = "reference"
+        backend = "cpu" if ("cpu" in _BUILT and _cpu.supports(prob)) else "reference"
     if backend not in _BUILT:
         raise NotImplementedError(
             f"backend={backend!r} is not available in this build (available: {available()}); "

@@ -28,7 +28,8 @@ effective value is ``exp`` of the stored one, which keeps rates positive).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Optional, Sequence, Tuple
 
 import torch
