@@ -12,7 +12,7 @@ import argparse
 import json
 import math
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -45,13 +45,17 @@ def count_nonzero(field: HybridField, observe) -> int:
 
 
 def run(quick: bool = True, seed: int = 0, plot: str = "hnode_demo.png", progress: bool = True,
-        backend: str = "auto") -> Dict[str, float]:
+        backend: str = "auto", epochs: Optional[Dict[str, int]] = None) -> Dict[str, object]:
+    """Fit the three models; returns ``{"table": {model: metrics}, "plot", "train_ids", "test_ids"}``.
+
+    ``epochs`` overrides the schedule (keys ``mech, bb, hyb, retrain``)."""
     torch.manual_seed(seed)
     f64 = torch.float64
     data = load_theoph()
     train, test = data.split(n_test=4, seed=seed)
     ep = {"mech": 400, "bb": 300, "hyb": 300, "retrain": 150} if quick else \
         {"mech": 800, "bb": 1500, "hyb": 1000, "retrain": 500}
+    ep.update(epochs or {})
     tol = dict(rtol=1e-5, atol=1e-7, backend=backend)
     rows = {}
     fields = {}
@@ -73,22 +77,19 @@ def run(quick: bool = True, seed: int = 0, plot: str = "hnode_demo.png", progres
             **tol)
     rows["blackbox"] = (bb, bb_obs, time.perf_counter() - t0, r)
 
-    # (c) sparse hybrid: fitted mechanism + a masked network correcting it, L1 then pruning
+    # (c) sparse hybrid: the mechanism plus a masked network, trained jointly with L1 on the
+    # network weights, magnitude-pruned to 80% and retrained. (Configuration chosen on a small grid
+    # over three train/test splits; warm-starting from the fitted mechanism stayed stuck at it.)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    net = MaskedMLP(2, 2, hidden=(16, 16), activation="elu").double()
-    with torch.no_grad():
-        net.layers[-1].weight.mul_(0.1)
-        net.layers[-1].bias.zero_()
+    net = MaskedMLP(2, 2, hidden=(32,), activation="elu").double()
     hyb = HybridField(mech=one_compartment(), nn=net)
-    hyb.mech.load_state_dict(mech_field.mech.state_dict())
     hyb_obs = Observe([1], scale=2.0, dtype=f64)
-    hyb_obs.load_state_dict(mech_obs.state_dict())
-    r = fit(hyb, train, observe=hyb_obs, epochs=ep["hyb"], lr=0.005, reg={"l1": 1e-3}, seed=seed, progress=progress,
-            desc="hybrid", **tol)
+    r = fit(hyb, train, observe=hyb_obs, epochs=ep["hyb"], lr=0.01, reg={"l1": 1e-3}, seed=seed, progress=progress,
+            patience=10**9, desc="hybrid", **tol)
     sp.prune_magnitude(hyb, 0.8)
-    r2 = fit(hyb, train, observe=hyb_obs, epochs=ep["retrain"], lr=0.002, reg={"l1": 1e-3}, seed=seed,
-             progress=progress, desc="hybrid retrain", **tol)
+    r2 = fit(hyb, train, observe=hyb_obs, epochs=ep["retrain"], lr=0.005, reg={"l1": 1e-3}, seed=seed,
+             progress=progress, patience=10**9, desc="hybrid retrain", **tol)
     r.history += r2.history
     rows["hybrid"] = (hyb, hyb_obs, time.perf_counter() - t0, r)
 

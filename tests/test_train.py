@@ -103,3 +103,17 @@ def test_cli_info_and_help(capsys):
     out = capsys.readouterr().out
     assert "backends" in out
     assert main(["nope"]) == 2
+
+
+def test_demo_pipeline_smoke(tmp_path, capsys):
+    """The demo end to end on a tiny schedule: table, JSON keys, plot file."""
+    pytest.importorskip("matplotlib")
+    from hnode_fast.demo import run
+    out = run(quick=True, plot=str(tmp_path / "demo.png"), progress=False,
+              epochs={"mech": 2, "bb": 2, "hyb": 2, "retrain": 2})
+    assert set(out["table"]) == {"mechanistic", "blackbox", "hybrid"}
+    for r in out["table"].values():
+        assert math.isfinite(r["test_rmse"]) and r["nonzero_params"] > 0
+    assert 0.75 <= out["table"]["hybrid"]["sparsity"] <= 0.85
+    assert (tmp_path / "demo.png").stat().st_size > 1000
+    assert len(out["test_ids"]) == 4 and not set(out["test_ids"]) & set(out["train_ids"])
