@@ -1,0 +1,226 @@
+"""hnode_fast CPU backend vs torchdiffeq dopri5 vs torchode Dopri5 on the same field.
+
+Field: D=8 states, masked MLP hidden (32, 32) tanh, t in [0, 5] with 20 outputs,
+rtol 1e-5, atol 1e-7, float64, torch.set_num_threads(2). Times are medians in one process;
+ratios are torchdiffeq / hnode and torchode / hnode. "fwd" runs under torch.no_grad() for all
+three solvers; "fwd+bwd" backpropagates sum(y^2) to y0 and the parameters (hnode: discrete
+adjoint; torchdiffeq / torchode: autograd through the solver). NFE: mean function evaluations
+per trajectory (torchdiffeq: calls of the batched function). Error: max |y - y_ref| against
+scipy DOP853 at rtol 1e-12, atol 1e-14. Also: field evaluation, dense vs 90% weight sparsity.
+
+Run:  python benchmarks/bench_cpu.py [--quick] [--csv out.csv]
+      pytest benchmarks/bench_cpu.py --benchmark-only   (pytest-benchmark functions)
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import hnode_fast as hf
+
+RTOL, ATOL = 1e-5, 1e-7
+D, HIDDEN, T_END, N_OUT = 8, (32, 32), 5.0, 20
+DTYPE = torch.float64
+
+
+def make_field(seed=0, density=None, hidden=HIDDEN):
+    torch.manual_seed(seed)
+    net = hf.MaskedMLP(D, D, hidden=hidden, activation="tanh")
+    if density is not None:
+        for i, layer in enumerate(net.layers):
+            net.set_mask(i, torch.rand(layer.weight.shape) < density)
+    return hf.HybridField(nn=net).to(DTYPE)
+
+
+def make_problem(B, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    y0 = (torch.rand(B, D, generator=g, dtype=DTYPE) - 0.5) * 2.0
+    t = torch.linspace(0, T_END, N_OUT, dtype=DTYPE)
+    return y0, t
+
+
+class Counted(torch.nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+        self.n = 0
+
+    def forward(self, t, y):
+        self.n += 1
+        return self.f(t, y)
+
+
+def run_hnode(f, y0, t, grad):
+    if grad:
+        y0 = y0.clone().requires_grad_()
+        y, st = hf.odeint(f, y0, t, rtol=RTOL, atol=ATOL, backend="cpu", return_stats=True)
+        y.square().sum().backward()
+    else:
+        with torch.no_grad():
+            y, st = hf.odeint(f, y0, t, rtol=RTOL, atol=ATOL, backend="cpu", return_stats=True)
+    return y.detach(), float(st.nfe.double().mean())
+
+
+def run_torchdiffeq(f, y0, t, grad):
+    import torchdiffeq
+    cf = Counted(f)
+    if grad:
+        y0 = y0.clone().requires_grad_()
+        y = torchdiffeq.odeint(cf, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")
+        y.square().sum().backward()
+    else:
+        with torch.no_grad():
+            y = torchdiffeq.odeint(cf, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")
+    return y.detach(), float(cf.n)
+
+
+def run_torchode(f, y0, t, grad):
+    import torchode as to
+    term = to.ODETerm(f)
+    solver = to.AutoDiffAdjoint(to.Dopri5(term=term), to.IntegralController(atol=ATOL, rtol=RTOL, term=term))
+    B = y0.shape[0]
+
+    def go(y0):
+        sol = solver.solve(to.InitialValueProblem(y0=y0, t_eval=t.expand(B, -1)))
+        return sol.ys.transpose(0, 1), sol.stats["n_f_evals"]
+
+    if grad:
+        y0 = y0.clone().requires_grad_()
+        y, nfe = go(y0)
+        y.square().sum().backward()
+    else:
+        with torch.no_grad():
+            y, nfe = go(y0)
+    return y.detach(), float(nfe.double().mean())
+
+
+PROVIDERS = {"hnode": run_hnode, "torchdiffeq": run_torchdiffeq, "torchode": run_torchode}
+
+
+def scipy_reference(f, y0, t):
+    from scipy.integrate import solve_ivp
+    B = y0.shape[0]
+
+    def rhs(_, z):
+        with torch.no_grad():
+            return f(None, torch.from_numpy(z).view(B, D)).numpy().ravel()
+
+    sol = solve_ivp(rhs, (0.0, T_END), y0.numpy().ravel(), method="DOP853", t_eval=t.numpy(), rtol=1e-12,
+                    atol=1e-14)
+    return torch.from_numpy(sol.y.T.reshape(len(t), B, D).copy())
+
+
+def timeit(fn, reps, warmup=1, clock=time.perf_counter):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        a = clock()
+        fn()
+        ts.append(clock() - a)
+    return statistics.median(ts) * 1e3
+
+
+def bench_solvers(batches=(1, 64, 1024), quick=False):
+    rows = []
+    f = make_field()
+    for B in batches:
+        y0, t = make_problem(B)
+        ref = scipy_reference(f, y0, t)
+        for grad in (False, True):
+            row = {"B": B, "mode": "fwd+bwd" if grad else "fwd"}
+            for name, fn in PROVIDERS.items():
+                f.zero_grad(set_to_none=True)
+                reps = 3 if (quick or (B >= 1024 and name != "hnode")) else (20 if name == "hnode" else 5)
+                y, nfe = fn(f, y0, t, grad)
+                row[name + "_ms"] = timeit(lambda: fn(f, y0, t, grad), reps)
+                row[name + "_nfe"] = nfe
+                row[name + "_err"] = float((y - ref).abs().max())
+            row["x_torchdiffeq"] = row["torchdiffeq_ms"] / row["hnode_ms"]
+            row["x_torchode"] = row["torchode_ms"] / row["hnode_ms"]
+            rows.append(row)
+            print(fmt_row(row), flush=True)
+    return rows
+
+
+def fmt_header():
+    return (f"{'B':>5} {'mode':>8} | {'hnode ms':>9} {'tdiffeq ms':>10} {'torchode ms':>11} | {'x tdiffeq':>9} "
+            f"{'x tode':>7} | {'NFE h/td/to':>17} | {'max err h / td / to':>28}")
+
+
+def fmt_row(r):
+    return (f"{r['B']:>5} {r['mode']:>8} | {r['hnode_ms']:>9.3f} {r['torchdiffeq_ms']:>10.2f} "
+            f"{r['torchode_ms']:>11.2f} | {r['x_torchdiffeq']:>9.1f} {r['x_torchode']:>7.1f} | "
+            f"{r['hnode_nfe']:>5.0f}/{r['torchdiffeq_nfe']:>5.0f}/{r['torchode_nfe']:>5.0f} | "
+            f"{r['hnode_err']:.1e} / {r['torchdiffeq_err']:.1e} / {r['torchode_err']:.1e}")
+
+
+def bench_sparsity(B=1024, repeat=200):
+    """Field evaluation (compiled kernel, 1 thread, thread CPU time) dense vs 90% weight sparsity."""
+    from hnode_fast.backends import cpu
+    out = []
+    for hidden in ((32, 32), (64, 64)):
+        res = {}
+        for label, density in (("dense", None), ("90% sparse", 0.1)):
+            f = make_field(seed=2, density=density, hidden=hidden)
+            spec = f.compile()
+            z = torch.randn(B, D, dtype=DTYPE)
+            # one thread on the calling thread: its CPU time is robust to other load on the machine
+            ms = timeit(lambda: cpu.eval_field(spec, z, repeat=repeat, n_threads=1), 7, clock=time.thread_time)
+            res[label] = (ms * 1e6 / (repeat * B), spec.n_weights())
+        ratio = res["dense"][0] / res["90% sparse"][0]
+        line = (f"hidden {hidden}: dense {res['dense'][0]:.0f} ns/eval ({res['dense'][1]} weights), 90% sparse "
+                f"{res['90% sparse'][0]:.0f} ns/eval ({res['90% sparse'][1]} weights): {ratio:.1f}x")
+        print(line, flush=True)
+        out.append((hidden, res, ratio))
+    return out
+
+
+def _isa():
+    from hnode_fast import _native
+    return _native._C.cpu_isa()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--batches", default="1,64,1024")
+    ap.add_argument("--csv", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, hnode_fast "
+          f"{hf.__version__ if hasattr(hf, '__version__') else ''}, ISA {_isa()}")
+    print(fmt_header())
+    rows = bench_solvers(tuple(int(b) for b in args.batches.split(",")), quick=args.quick)
+    print()
+    bench_sparsity()
+    if args.csv:
+        import csv
+        with open(args.csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
+# ---------------------------------------------------------------- pytest-benchmark
+try:
+    import pytest
+
+    @pytest.mark.parametrize("B", [1, 64, 1024])
+    @pytest.mark.parametrize("grad", [False, True], ids=["fwd", "fwd+bwd"])
+    @pytest.mark.parametrize("provider", list(PROVIDERS))
+    def test_bench_solve(benchmark, provider, grad, B):
+        torch.set_num_threads(2)
+        f = make_field()
+        y0, t = make_problem(B)
+        benchmark.group = f"B={B} {'fwd+bwd' if grad else 'fwd'}"
+        benchmark(PROVIDERS[provider], f, y0, t, grad)
+except ImportError:  # pragma: no cover
+    pass
+
+if __name__ == "__main__":
+    main()

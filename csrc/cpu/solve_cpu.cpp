@@ -1,0 +1,132 @@
+// pybind11 registration of the CPU solver (hnode::register_cpu, called from bindings.cpp) and
+// the run-time choice between the baseline and AVX2 builds of the launchers (kernels.inc).
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "args.h"
+
+namespace py = pybind11;
+
+namespace hnode {
+namespace cpu {
+bool avx2_compiled();
+#define HNODE_DECLARE_ISA(NS)                                                                                    \
+  namespace NS {                                                                                               \
+  void solve(const Args&, bool, std::uintptr_t, std::uintptr_t);                                              \
+  void backward(const Args&, bool, std::uintptr_t, std::uintptr_t, std::uintptr_t, std::uintptr_t);          \
+  void eval(bool, std::uintptr_t, long long, std::uintptr_t, long long, std::uintptr_t, std::uintptr_t, int, int, \
+            std::uintptr_t, int, int);                                                                         \
+  void vjp(bool, std::uintptr_t, long long, std::uintptr_t, long long, std::uintptr_t, std::uintptr_t,          \
+           std::uintptr_t, int, int, std::uintptr_t, std::uintptr_t);                                         \
+  }
+HNODE_DECLARE_ISA(base)
+HNODE_DECLARE_ISA(avx2)
+#undef HNODE_DECLARE_ISA
+
+namespace {
+
+bool use_avx2() {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  static const bool ok = avx2_compiled() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                        !(std::getenv("HNODE_CPU_ISA") && std::string(std::getenv("HNODE_CPU_ISA")) == "base");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+Args make_args(py::dict d) {
+  Args a;
+  a.ints = d["ints"].cast<std::uintptr_t>();
+  a.n_ints = d["n_ints"].cast<long long>();
+  a.params = d["params"].cast<std::uintptr_t>();
+  a.P = d["P"].cast<long long>();
+  a.y0 = d["y0"].cast<std::uintptr_t>();
+  a.B = d["B"].cast<int>();
+  a.D = d["D"].cast<int>();
+  a.out_t = d["out_t"].cast<std::uintptr_t>();
+  a.T = d["T"].cast<int>();
+  a.stops = d["stops"].cast<std::uintptr_t>();
+  a.S = d["S"].cast<int>();
+  a.ev_t = d["ev_t"].cast<std::uintptr_t>();
+  a.ev_s = d["ev_s"].cast<std::uintptr_t>();
+  a.ev_a = d["ev_a"].cast<std::uintptr_t>();
+  a.E = d["E"].cast<int>();
+  a.in_t = d["in_t"].cast<std::uintptr_t>();
+  a.in_v = d["in_v"].cast<std::uintptr_t>();
+  a.J = d["J"].cast<int>();
+  a.rtol = d["rtol"].cast<double>();
+  a.atol = d["atol"].cast<double>();
+  a.max_steps = d["max_steps"].cast<long long>();
+  a.n_threads = d["n_threads"].cast<int>();
+  if (d.contains("ck_cap")) {
+    a.ck_cap = d["ck_cap"].cast<int>();
+    a.ck_t = d["ck_t"].cast<std::uintptr_t>();
+    a.ck_tn = d["ck_tn"].cast<std::uintptr_t>();
+    a.ck_y = d["ck_y"].cast<std::uintptr_t>();
+    a.ck_jump = d["ck_jump"].cast<std::uintptr_t>();
+    a.ck_n = d["ck_n"].cast<std::uintptr_t>();
+  }
+  if (a.B < 0 || a.D < 1 || a.T < 1 || a.max_steps < 1) throw std::runtime_error("cpu_solve: bad sizes");
+  return a;
+}
+
+}  // namespace
+}  // namespace cpu
+
+void register_cpu(py::module_& m) {
+  using namespace cpu;
+  m.def(
+      "cpu_solve",
+      [](py::dict d, bool dbl, std::uintptr_t out, std::uintptr_t stats) {
+        Args a = make_args(d);
+        py::gil_scoped_release nogil;
+        if (use_avx2())
+          avx2::solve(a, dbl, out, stats);
+        else
+          base::solve(a, dbl, out, stats);
+      },
+      "Adaptive DP5 solves of B trajectories (see hnode_fast/backends/cpu.py for the arguments).");
+  m.def(
+      "cpu_solve_backward",
+      [](py::dict d, bool dbl, std::uintptr_t g_out, std::uintptr_t gp, std::uintptr_t gy0, std::uintptr_t gev) {
+        Args a = make_args(d);
+        py::gil_scoped_release nogil;
+        if (use_avx2())
+          avx2::backward(a, dbl, g_out, gp, gy0, gev);
+        else
+          base::backward(a, dbl, g_out, gp, gy0, gev);
+      },
+      "Discrete adjoint of cpu_solve (re-runs the solve recording the accepted steps).");
+  m.def(
+      "cpu_eval_field",
+      [](bool dbl, std::uintptr_t ints, long long n_ints, std::uintptr_t params, long long P, std::uintptr_t z,
+         std::uintptr_t u, int B, int D, std::uintptr_t out, int n_threads, int repeat) {
+        py::gil_scoped_release nogil;
+        if (use_avx2())
+          avx2::eval(dbl, ints, n_ints, params, P, z, u, B, D, out, n_threads, repeat);
+        else
+          base::eval(dbl, ints, n_ints, params, P, z, u, B, D, out, n_threads, repeat);
+      },
+      "dz = f(z, u) for B points from a FieldSpec (repeat: times, for benchmarks).");
+  m.def(
+      "cpu_vjp_field",
+      [](bool dbl, std::uintptr_t ints, long long n_ints, std::uintptr_t params, long long P, std::uintptr_t z,
+         std::uintptr_t u, std::uintptr_t a, int B, int D, std::uintptr_t gz, std::uintptr_t gp) {
+        py::gil_scoped_release nogil;
+        if (use_avx2())
+          avx2::vjp(dbl, ints, n_ints, params, P, z, u, a, B, D, gz, gp);
+        else
+          base::vjp(dbl, ints, n_ints, params, P, z, u, a, B, D, gz, gp);
+      },
+      "gz += J_z^T a, gp += J_p^T a for B points (gp summed over the batch).");
+  m.def("cpu_isa", []() { return std::string(use_avx2() ? "avx2" : "base"); },
+        "Instruction set of the CPU kernels chosen at run time.");
+  m.attr("has_cpu_solver") = true;
+}
+
+}  // namespace hnode

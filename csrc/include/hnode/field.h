@@ -1,0 +1,444 @@
+// Field evaluation from a FieldSpec (hnode_fast/fields/spec.py) and its vector-Jacobian
+// product. Header-only, host + device, templated on the scalar type.
+//
+// Layout of the activation buffer ``acts`` written by eval_field (size acts_size()):
+//   [h0 (n_in)] then per layer l [pre_l (n_out_l)] [post_l (n_out_l)], then [flux (n_terms)],
+//   each of the first blocks padded to a multiple of 4 values (act_pad).
+// vjp_field reads it back (so a VJP needs the eval of the same point first) and uses a
+// scratch ``gbuf`` of 2 * max_width values.
+//
+// Dense weights are read through ``paramsT``: a copy of ``params`` in which every dense
+// weight block (n_out, n_in) row-major is stored transposed (n_in, n_out), so the forward
+// matvec is a sequence of axpys over contiguous memory (vectorisable without reassociation;
+// per output unit the sum runs over inputs in order, as a row dot would).
+#pragma once
+
+#include <math.h>
+#include <string.h>
+
+#include "hnode/macros.h"
+
+namespace hnode {
+
+namespace fm {
+HNODE_HD_INLINE double tanh_(double x) { return ::tanh(x); }
+HNODE_HD_INLINE float tanh_(float x) { return ::tanhf(x); }
+HNODE_HD_INLINE double exp_(double x) { return ::exp(x); }
+HNODE_HD_INLINE float exp_(float x) { return ::expf(x); }
+HNODE_HD_INLINE double expm1_(double x) { return ::expm1(x); }
+HNODE_HD_INLINE float expm1_(float x) { return ::expm1f(x); }
+HNODE_HD_INLINE double log_(double x) { return ::log(x); }
+HNODE_HD_INLINE float log_(float x) { return ::logf(x); }
+HNODE_HD_INLINE double log1p_(double x) { return ::log1p(x); }
+HNODE_HD_INLINE float log1p_(float x) { return ::log1pf(x); }
+HNODE_HD_INLINE double sqrt_(double x) { return ::sqrt(x); }
+HNODE_HD_INLINE float sqrt_(float x) { return ::sqrtf(x); }
+HNODE_HD_INLINE double abs_(double x) { return ::fabs(x); }
+HNODE_HD_INLINE float abs_(float x) { return ::fabsf(x); }
+// NaN-propagating max / min (torch.maximum / torch.minimum semantics)
+template <class T>
+HNODE_HD_INLINE T maxn(T a, T b) { return (a > b || a != a) ? a : b; }
+template <class T>
+HNODE_HD_INLINE T minn(T a, T b) { return (a < b || a != a) ? a : b; }
+template <class T>
+HNODE_HD_INLINE bool isfin(T x) { return x - x == x - x; }  // false for inf and NaN
+}  // namespace fm
+
+// tanh without a library call, branch-free so loops over units vectorise: odd Taylor series
+// for |x| < 0.1, else (e - 1) / (e + 1) with e = exp(2|x|) from a degree-13 polynomial after
+// Cody-Waite reduction (the 2^k scale built in the exponent bits). Absolute error ~1e-16.
+HNODE_HD_INLINE double tanh_fast(double x) {
+  const double ax = fm::abs_(x);
+  double y = 2.0 * ax;
+  y = y > 40.0 ? 40.0 : y;
+  const double shifter = 6755399441055744.0;  // 1.5 * 2^52
+  double kd = y * 1.4426950408889634 + shifter;
+  unsigned long long kb;
+  memcpy(&kb, &kd, 8);
+  kd -= shifter;
+  const double r = (y - kd * 0.6931471803691238) - kd * 1.9082149292705877e-10;
+  double p = 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const unsigned long long sb = (kb + 1023ULL) << 52;
+  double sc;
+  memcpy(&sc, &sb, 8);
+  const double e = p * sc;
+  const double big = (e - 1.0) / (e + 1.0);
+  const double x2 = ax * ax;
+  double q = 6404582.0 / 10854718875.0;
+  q = q * x2 - 929569.0 / 638512875.0;
+  q = q * x2 + 21844.0 / 6081075.0;
+  q = q * x2 - 1382.0 / 155925.0;
+  q = q * x2 + 62.0 / 2835.0;
+  q = q * x2 - 17.0 / 315.0;
+  q = q * x2 + 2.0 / 15.0;
+  q = q * x2 - 1.0 / 3.0;
+  const double small = ax + ax * x2 * q;
+  const double t = ax < 0.1 ? small : big;
+  return x < 0.0 ? -t : t;
+}
+HNODE_HD_INLINE float tanh_fast(float x) { return (float)tanh_fast((double)x); }
+
+enum { SPEC_HEADER = 12, SPEC_LAYER_COLS = 8, SPEC_TERM_COLS = 6 };
+enum { ACT_IDENTITY = 0, ACT_TANH = 1, ACT_RELU = 2, ACT_ELU = 3, ACT_SOFTPLUS = 4, ACT_SILU = 5 };
+enum { TERM_CONSTANT = 0, TERM_LINEAR = 1, TERM_MASS_ACTION = 2, TERM_MM = 3, TERM_HILL = 4, TERM_INPUT = 5 };
+enum { TFLAG_CONSUME = 1, TFLAG_REPRESS = 2 };
+
+template <class T>
+struct FieldView {
+  const int* ints = nullptr;
+  const T* params = nullptr;   // (P,) as compiled
+  const T* paramsT = nullptr;  // params with dense weight blocks transposed
+  int D = 0, K = 0, n_feat = 0, L = 0, n_terms = 0, const_off = 0, n_in = 0, n_out = 0, max_width = 0, P = 0;
+  const int* layers = nullptr;
+  const int* terms = nullptr;
+  const int* in_idx = nullptr;
+  const int* out_idx = nullptr;
+};
+
+template <class T>
+HNODE_HD inline FieldView<T> make_field_view(const int* ints, const T* params, const T* paramsT) {
+  FieldView<T> v;
+  v.ints = ints;
+  v.params = params;
+  v.paramsT = paramsT;
+  v.D = ints[1];
+  v.K = ints[2];
+  v.n_feat = ints[3];
+  v.L = ints[4];
+  v.n_terms = ints[5];
+  v.const_off = ints[6];
+  v.n_in = ints[7];
+  v.n_out = ints[8];
+  v.max_width = ints[9];
+  v.P = ints[10];
+  v.layers = ints + SPEC_HEADER;
+  v.terms = v.layers + SPEC_LAYER_COLS * v.L;
+  v.in_idx = v.terms + SPEC_TERM_COLS * v.n_terms;
+  v.out_idx = v.in_idx + v.n_in;
+  return v;
+}
+
+// Size of the activation buffer (see the top of the file).
+// Blocks of the activation buffer are padded to multiples of 4 so the activation loop runs
+// whole vectors (the padding lanes hold zeros and are never read back).
+HNODE_HD_INLINE int act_pad(int n) { return (n + 3) & ~3; }
+
+HNODE_HD inline int acts_size(const int* ints) {
+  const int L = ints[4];
+  int n = act_pad(ints[7]) + ints[5];
+  for (int l = 0; l < L; ++l) n += 2 * act_pad(ints[SPEC_HEADER + SPEC_LAYER_COLS * l + 1]);
+  return n > 0 ? n : 1;
+}
+
+HNODE_HD inline int grad_scratch_size(const int* ints) { return 2 * (ints[9] > 0 ? ints[9] : 1); }
+
+template <class T>
+HNODE_HD_INLINE T activate(int code, T x) {
+  switch (code) {
+    case ACT_TANH: return tanh_fast(x);
+    case ACT_RELU: return x > T(0) ? x : T(0);
+    case ACT_ELU: return x > T(0) ? x : fm::expm1_(x);
+    case ACT_SOFTPLUS: return x > T(20) ? x : fm::log1p_(fm::exp_(x));
+    case ACT_SILU: return x / (T(1) + fm::exp_(-x));
+    default: return x;
+  }
+}
+
+// d act / d pre, given pre and post
+template <class T>
+HNODE_HD_INLINE T activate_grad(int code, T pre, T post) {
+  switch (code) {
+    case ACT_TANH: return T(1) - post * post;
+    case ACT_RELU: return pre > T(0) ? T(1) : T(0);
+    case ACT_ELU: return pre > T(0) ? T(1) : fm::exp_(pre);
+    case ACT_SOFTPLUS: {
+      if (pre > T(20)) return T(1);
+      T z = fm::exp_(pre);
+      return z / (z + T(1));
+    }
+    case ACT_SILU: {
+      T s = T(1) / (T(1) + fm::exp_(-pre));
+      return s * (T(1) + pre * (T(1) - s));
+    }
+    default: return T(1);
+  }
+}
+
+template <class T>
+HNODE_HD_INLINE T term_flux(int kind, int flags, const T* p, T za, T zb, T uk) {
+  switch (kind) {
+    case TERM_CONSTANT: return p[0];
+    case TERM_LINEAR: return p[0] * za;
+    case TERM_MASS_ACTION: return p[0] * za * zb;
+    case TERM_MM: return p[0] * za / (p[1] + za);
+    case TERM_HILL: {
+      T x = za > T(0) ? za : T(0);
+      T r = x > T(0) ? fm::exp_(p[2] * fm::log_(x / p[1])) : T(0);
+      if (flags & TFLAG_REPRESS) return p[0] / (T(1) + r);
+      return p[0] * r / (T(1) + r);
+    }
+    case TERM_INPUT: return p[0] * uk;
+    default: return T(0);
+  }
+}
+
+// dz = f(z, u). ``u`` may be null when K == 0. ``acts`` of acts_size() values.
+template <class T>
+HNODE_HD void eval_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const T* HNODE_RESTRICT u,
+                         T* HNODE_RESTRICT dz, T* HNODE_RESTRICT acts) {
+  const int D = v.D;
+  const T* cst = v.params + v.const_off;
+  for (int d = 0; d < D; ++d) dz[d] = cst[d];
+  T* p = acts;
+  if (v.L > 0) {
+    T* h0 = p;
+    for (int k = 0; k < v.n_in; ++k) {
+      const int idx = v.in_idx[k];
+      h0[k] = idx < D ? z[idx] : u[idx - D];
+    }
+    const T* hin = h0;
+    p += act_pad(v.n_in);
+    for (int l = 0; l < v.L; ++l) {
+      const int* row = v.layers + SPEC_LAYER_COLS * l;
+      const int nin = row[0], nout = row[1], fmt = row[2], w_off = row[3], b_off = row[4], act = row[5];
+      const int npad = act_pad(nout);
+      T* HNODE_RESTRICT pre = p;
+      T* HNODE_RESTRICT post = p + npad;
+      const T* HNODE_RESTRICT bias = v.params + b_off;
+      if (fmt == 0) {
+        const T* HNODE_RESTRICT WT = v.paramsT + w_off;
+        for (int i = 0; i < nout; ++i) pre[i] = T(0);
+        int j = 0;
+        // four inputs per pass; per unit the additions still run over j in order
+        for (; j + 4 <= nin; j += 4) {
+          const T h0 = hin[j], h1 = hin[j + 1], h2 = hin[j + 2], h3 = hin[j + 3];
+          const T* HNODE_RESTRICT w0 = WT + (long)j * nout;
+          const T* HNODE_RESTRICT w1 = w0 + nout;
+          const T* HNODE_RESTRICT w2 = w1 + nout;
+          const T* HNODE_RESTRICT w3 = w2 + nout;
+          for (int i = 0; i < nout; ++i) {
+            T acc = pre[i];
+            acc += w0[i] * h0;
+            acc += w1[i] * h1;
+            acc += w2[i] * h2;
+            acc += w3[i] * h3;
+            pre[i] = acc;
+          }
+        }
+        for (; j < nin; ++j) {
+          const T hj = hin[j];
+          const T* HNODE_RESTRICT w = WT + (long)j * nout;
+          for (int i = 0; i < nout; ++i) pre[i] += w[i] * hj;
+        }
+        for (int i = 0; i < nout; ++i) pre[i] += bias[i];
+      } else {
+        const int* rp = v.ints + row[6];
+        const int* col = v.ints + row[7];
+        const T* vals = v.params + w_off;
+        for (int i = 0; i < nout; ++i) {
+          T acc = T(0);
+          for (int k = rp[i]; k < rp[i + 1]; ++k) acc += vals[k] * hin[col[k]];
+          pre[i] = acc + bias[i];
+        }
+      }
+      for (int i = nout; i < npad; ++i) pre[i] = T(0);
+      if (act == ACT_IDENTITY) {
+        for (int i = 0; i < nout; ++i) post[i] = pre[i];
+      } else if (act == ACT_TANH) {
+        for (int i = 0; i < npad; ++i) post[i] = tanh_fast(pre[i]);
+      } else {
+        for (int i = 0; i < nout; ++i) post[i] = activate<T>(act, pre[i]);
+      }
+      hin = post;
+      p += 2 * npad;
+    }
+    for (int i = 0; i < v.n_out; ++i) dz[v.out_idx[i]] += hin[i];
+  }
+  if (v.n_terms > 0) {
+    T* flux = p;
+    for (int q = 0; q < v.n_terms; ++q) {
+      const int* tr = v.terms + SPEC_TERM_COLS * q;
+      const int kind = tr[0], a = tr[1], b = tr[2], dst = tr[3], flags = tr[4], p_off = tr[5];
+      const T za = (a >= 0 && kind != TERM_INPUT) ? z[a] : T(0);
+      const T zb = b >= 0 ? z[b] : T(0);
+      const T uk = kind == TERM_INPUT ? u[a] : T(0);
+      const T fl = term_flux<T>(kind, flags, v.params + p_off, za, zb, uk);
+      flux[q] = fl;
+      if (dst >= 0) dz[dst] += fl;
+    }
+    for (int q = 0; q < v.n_terms; ++q) {
+      const int* tr = v.terms + SPEC_TERM_COLS * q;
+      if (tr[4] & TFLAG_CONSUME) {
+        if (tr[1] >= 0) dz[tr[1]] -= flux[q];
+        if (tr[2] >= 0) dz[tr[2]] -= flux[q];
+      }
+    }
+  }
+}
+
+// gz += J_z^T a ; gp += J_p^T a, at the point whose eval_field filled ``acts``.
+template <class T>
+HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const T* HNODE_RESTRICT u,
+                        const T* HNODE_RESTRICT acts, const T* HNODE_RESTRICT a, T* HNODE_RESTRICT gz,
+                        T* HNODE_RESTRICT gp, T* HNODE_RESTRICT gbuf) {
+  const int D = v.D;
+  T* gc = gp + v.const_off;
+  for (int d = 0; d < D; ++d) gc[d] += a[d];
+  int tot = act_pad(v.n_in);
+  for (int l = 0; l < v.L; ++l) tot += 2 * act_pad(v.layers[SPEC_LAYER_COLS * l + 1]);
+  if (v.n_terms > 0) {
+    for (int q = 0; q < v.n_terms; ++q) {
+      const int* tr = v.terms + SPEC_TERM_COLS * q;
+      const int kind = tr[0], ia = tr[1], ib = tr[2], dst = tr[3], flags = tr[4], p_off = tr[5];
+      T gf = dst >= 0 ? a[dst] : T(0);
+      if (flags & TFLAG_CONSUME) {
+        if (ia >= 0) gf -= a[ia];
+        if (ib >= 0) gf -= a[ib];
+      }
+      const T* pp = v.params + p_off;
+      T* gpp = gp + p_off;
+      switch (kind) {
+        case TERM_CONSTANT: gpp[0] += gf; break;
+        case TERM_LINEAR: {
+          const T za = z[ia];
+          gpp[0] += gf * za;
+          gz[ia] += gf * pp[0];
+          break;
+        }
+        case TERM_MASS_ACTION: {
+          const T za = z[ia], zb = z[ib];
+          gpp[0] += gf * za * zb;
+          gz[ia] += gf * pp[0] * zb;
+          gz[ib] += gf * pp[0] * za;
+          break;
+        }
+        case TERM_MM: {
+          const T za = z[ia];
+          const T den = pp[1] + za;
+          gpp[0] += gf * za / den;
+          gpp[1] -= gf * pp[0] * za / (den * den);
+          gz[ia] += gf * pp[0] * pp[1] / (den * den);
+          break;
+        }
+        case TERM_HILL: {
+          const T za = z[ia];
+          const T x = za > T(0) ? za : T(0);
+          const bool pos = x > T(0);
+          const T lg = pos ? fm::log_(x / pp[1]) : T(0);
+          const T r = pos ? fm::exp_(pp[2] * lg) : T(0);
+          const T opr = T(1) + r;
+          T dfdr;
+          if (flags & TFLAG_REPRESS) {
+            gpp[0] += gf / opr;
+            dfdr = -pp[0] / (opr * opr);
+          } else {
+            gpp[0] += gf * r / opr;
+            dfdr = pp[0] / (opr * opr);
+          }
+          if (pos) {
+            const T gr = gf * dfdr;
+            gpp[1] -= gr * r * pp[2] / pp[1];
+            gpp[2] += gr * r * lg;
+            gz[ia] += gr * r * pp[2] / x;
+          }
+          break;
+        }
+        case TERM_INPUT: gpp[0] += gf * u[ia]; break;
+        default: break;
+      }
+    }
+  }
+  if (v.L <= 0) return;
+  T* g = gbuf;
+  T* g2 = gbuf + v.max_width;
+  for (int i = 0; i < v.n_out; ++i) g[i] = a[v.out_idx[i]];
+  int off = tot;  // end of the last layer's block
+  for (int l = v.L - 1; l >= 0; --l) {
+    const int* row = v.layers + SPEC_LAYER_COLS * l;
+    const int nin = row[0], nout = row[1], fmt = row[2], w_off = row[3], b_off = row[4], act = row[5];
+    off -= 2 * act_pad(nout);
+    const T* pre = acts + off;
+    const T* post = pre + act_pad(nout);
+    const T* hin = l == 0 ? acts : acts + off - act_pad(nin);
+    if (act == ACT_TANH) {
+      for (int i = 0; i < nout; ++i) g[i] *= T(1) - post[i] * post[i];
+    } else if (act != ACT_IDENTITY) {
+      for (int i = 0; i < nout; ++i) g[i] *= activate_grad<T>(act, pre[i], post[i]);
+    }
+    T* HNODE_RESTRICT gb = gp + b_off;
+    for (int i = 0; i < nout; ++i) gb[i] += g[i];
+    for (int j = 0; j < nin; ++j) g2[j] = T(0);
+    if (fmt == 0) {
+      const T* HNODE_RESTRICT W = v.params + w_off;
+      T* HNODE_RESTRICT gW = gp + w_off;
+      int i = 0;
+      for (; i + 4 <= nout; i += 4) {
+        const T gi0 = g[i], gi1 = g[i + 1], gi2 = g[i + 2], gi3 = g[i + 3];
+        const T* HNODE_RESTRICT w0 = W + (long)i * nin;
+        const T* HNODE_RESTRICT w1 = w0 + nin;
+        const T* HNODE_RESTRICT w2 = w1 + nin;
+        const T* HNODE_RESTRICT w3 = w2 + nin;
+        T* HNODE_RESTRICT gw0 = gW + (long)i * nin;
+        T* HNODE_RESTRICT gw1 = gw0 + nin;
+        T* HNODE_RESTRICT gw2 = gw1 + nin;
+        T* HNODE_RESTRICT gw3 = gw2 + nin;
+        for (int j = 0; j < nin; ++j) {
+          const T hj = hin[j];
+          gw0[j] += gi0 * hj;
+          gw1[j] += gi1 * hj;
+          gw2[j] += gi2 * hj;
+          gw3[j] += gi3 * hj;
+          T acc = g2[j];
+          acc += w0[j] * gi0;
+          acc += w1[j] * gi1;
+          acc += w2[j] * gi2;
+          acc += w3[j] * gi3;
+          g2[j] = acc;
+        }
+      }
+      for (; i < nout; ++i) {
+        const T gi = g[i];
+        const T* HNODE_RESTRICT w = W + (long)i * nin;
+        T* HNODE_RESTRICT gw = gW + (long)i * nin;
+        for (int j = 0; j < nin; ++j) {
+          gw[j] += gi * hin[j];
+          g2[j] += w[j] * gi;
+        }
+      }
+    } else {
+      const int* rp = v.ints + row[6];
+      const int* col = v.ints + row[7];
+      const T* vals = v.params + w_off;
+      T* gvals = gp + w_off;
+      for (int i = 0; i < nout; ++i) {
+        const T gi = g[i];
+        for (int k = rp[i]; k < rp[i + 1]; ++k) {
+          gvals[k] += gi * hin[col[k]];
+          g2[col[k]] += vals[k] * gi;
+        }
+      }
+    }
+    T* t = g;
+    g = g2;
+    g2 = t;
+  }
+  for (int k = 0; k < v.n_in; ++k) {
+    const int idx = v.in_idx[k];
+    if (idx < D) gz[idx] += g[k];
+  }
+}
+
+}  // namespace hnode

@@ -1,0 +1,298 @@
+"""The CPU backend: the compiled whole-trajectory DP5 solver (``csrc/include/hnode/solve.h``)
+run over trajectories in parallel, with its discrete adjoint.
+
+Two ``torch.library`` custom ops (with fake implementations, so they trace under
+``torch.compile``):
+
+* ``hnode_fast::cpu_solve(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
+  rtol, atol, max_steps, n_threads) -> (y (T, B, D), stats (B, 4) int64)``; stats columns are
+  ``[n_steps, n_rejected, nfe, status]``.
+* ``hnode_fast::cpu_solve_backward(grad_y, <same inputs>) -> (grad_params (P,), grad_y0 (B, D),
+  grad_ev_a (B, E))``: the discrete adjoint. It re-runs the (deterministic) forward solve
+  recording the accepted steps, then does the reverse pass (recomputed stages, VJP through the
+  stage combination, the dense outputs and every stage). Step sizes and accept decisions are
+  constants, as in the reference, so the gradient equals autograd through the reference.
+
+Gradients reach the field's parameters through ``field.compile()`` (differentiable), ``y0``
+and ``events.amounts``. Supported: ``hf.HybridField`` funcs, ``step_mode="per_sample"``,
+``adjoint="discrete"``; anything else raises ``NotImplementedError``.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from ..reference.engine import Stats
+from ..reference.problem import build_stops
+
+
+def _lib():
+    lib = _native._C
+    if lib is None or not hasattr(lib, "cpu_solve"):
+        raise NotImplementedError("backend='cpu' needs the compiled extension with the CPU solver; "
+                                  "see hf.build_info()")
+    return lib
+
+
+def is_available() -> bool:
+    return _native._C is not None and hasattr(_native._C, "cpu_solve")
+
+
+def supports(prob) -> bool:
+    """Whether ``backend="auto"`` may use this backend for ``prob``."""
+    return (prob.field_like and prob.y0.device.type == "cpu" and prob.step_mode == "per_sample"
+            and prob.adjoint == "discrete")
+
+
+def _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads):
+    B, D = y0.shape
+    return dict(ints=ints.data_ptr(), n_ints=ints.numel(), params=params.data_ptr(), P=params.numel(),
+                y0=y0.data_ptr(), B=B, D=D, out_t=out_t.data_ptr(), T=out_t.shape[1],
+                stops=stops.data_ptr(), S=stops.shape[1], ev_t=ev_t.data_ptr(), ev_s=ev_s.data_ptr(),
+                ev_a=ev_a.data_ptr(), E=ev_t.shape[1], in_t=in_t.data_ptr(), in_v=in_v.data_ptr(),
+                J=in_t.shape[1], rtol=float(rtol), atol=float(atol), max_steps=int(max_steps),
+                n_threads=int(n_threads))
+
+
+def _ck_args(ck_t, ck_tn, ck_y, ck_jump, ck_n):
+    return dict(ck_cap=ck_t.shape[1], ck_t=ck_t.data_ptr(), ck_tn=ck_tn.data_ptr(), ck_y=ck_y.data_ptr(),
+                ck_jump=ck_jump.data_ptr(), ck_n=ck_n.data_ptr())
+
+
+def _ck_empty(B, D, cap, dtype, like=None):
+    mk = (lambda *s, dtype: like.new_empty(s, dtype=dtype)) if like is not None else \
+        (lambda *s, dtype: torch.zeros(s, dtype=dtype))  # zeros: deterministic outputs (opcheck)
+    return (mk(B, cap, dtype=torch.float64), mk(B, cap, dtype=torch.float64), mk(B, cap, D, dtype=dtype),
+            mk(B, cap, dtype=torch.uint8), mk(B, dtype=torch.int64))
+
+
+def _contig(*ts):
+    return [t.contiguous() for t in ts]
+
+
+def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps):
+    """Shapes, dtypes and devices of the op's arguments (ValueError naming the argument)."""
+    def need(cond, msg):
+        if not cond:
+            raise ValueError(f"hnode_fast::cpu_solve: {msg}")
+    need(y0.dim() == 2 and y0.dtype in (torch.float32, torch.float64), "y0 must be (B, D) float32/float64")
+    B, D = y0.shape
+    for name, x in (("ints", ints), ("params", params), ("y0", y0), ("out_t", out_t), ("stops", stops),
+                    ("ev_t", ev_t), ("ev_s", ev_s), ("ev_a", ev_a), ("in_t", in_t), ("in_v", in_v)):
+        need(x.device.type == "cpu", f"{name} must be a CPU tensor")
+    need(ints.dim() == 1 and ints.dtype == torch.int32 and ints.numel() >= 12, "ints must be a FieldSpec int32 table")
+    need(params.dim() == 1 and params.dtype == y0.dtype, "params must be 1-D with y0's dtype")
+    need(int(ints[1]) == D and int(ints[10]) == params.numel(), "ints/params do not match y0 (D) or each other (P)")
+    need(out_t.dim() == 2 and out_t.shape[0] == B and out_t.shape[1] >= 1 and out_t.dtype == torch.float64,
+         "out_t must be float64 (B, T)")
+    need(stops.dim() == 2 and stops.shape[0] == B and stops.dtype == torch.float64, "stops must be float64 (B, S)")
+    need(ev_t.dim() == 2 and ev_t.shape[0] == B and ev_t.dtype == torch.float64, "ev_t must be float64 (B, E)")
+    need(ev_s.shape == ev_t.shape and ev_s.dtype == torch.int32, "ev_s must be int32 with ev_t's shape")
+    need(ev_a.shape == ev_t.shape and ev_a.dtype == y0.dtype, "ev_a must have ev_t's shape and y0's dtype")
+    if ev_s.numel():
+        need(bool(((ev_s >= 0) & (ev_s < D)).all()), "ev_s must hold state indices in [0, D)")
+    K = int(ints[2])
+    need(in_t.dim() == 2 and in_t.shape[0] == B and in_t.dtype == torch.float64, "in_t must be float64 (B, J)")
+    need(in_v.dim() == 3 and in_v.shape[:2] == in_t.shape and in_v.dtype == y0.dtype
+         and (in_v.shape[2] == K or in_t.shape[1] == 0), "in_v must be (B, J, K) with y0's dtype")
+    need(max_steps >= 1, "max_steps must be >= 1")
+
+
+def _cpu_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads,
+                    ckpt_cap=0):
+    _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
+    ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _contig(
+        ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
+    B, D = y0.shape
+    y = torch.empty(out_t.shape[1], B, D, dtype=y0.dtype)
+    stats = torch.empty(B, 4, dtype=torch.int64)
+    ck = _ck_empty(B, D, max(int(ckpt_cap), 0), y0.dtype)
+    if B > 0:
+        a = _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
+        if ckpt_cap > 0:
+            a.update(_ck_args(*ck))
+        _lib().cpu_solve(a, y0.dtype == torch.float64, y.data_ptr(), stats.data_ptr())
+    return (y, stats) + ck
+
+
+@torch.library.custom_op("hnode_fast::cpu_solve", mutates_args=())
+def cpu_solve(ints: Tensor, params: Tensor, y0: Tensor, out_t: Tensor, stops: Tensor, ev_t: Tensor,
+              ev_s: Tensor, ev_a: Tensor, in_t: Tensor, in_v: Tensor, rtol: float, atol: float,
+              max_steps: int, n_threads: int, ckpt_cap: int = 0
+              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _cpu_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps,
+                           n_threads, ckpt_cap)
+
+
+@cpu_solve.register_fake
+def _(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, ckpt_cap=0):
+    B, D = y0.shape
+    return (y0.new_empty(out_t.shape[1], B, D), y0.new_empty(B, 4, dtype=torch.int64)) + \
+        _ck_empty(B, D, max(int(ckpt_cap), 0), y0.dtype, like=y0)
+
+
+@torch.library.custom_op("hnode_fast::cpu_solve_backward", mutates_args=())
+def cpu_solve_backward(grad_y: Tensor, ints: Tensor, params: Tensor, y0: Tensor, out_t: Tensor, stops: Tensor,
+                       ev_t: Tensor, ev_s: Tensor, ev_a: Tensor, in_t: Tensor, in_v: Tensor, rtol: float,
+                       atol: float, max_steps: int, n_threads: int, ck_t: Tensor, ck_tn: Tensor, ck_y: Tensor,
+                       ck_jump: Tensor, ck_n: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
+    if grad_y.shape != (out_t.shape[1],) + tuple(y0.shape) or grad_y.dtype != y0.dtype:
+        raise ValueError("hnode_fast::cpu_solve_backward: grad_y must be (T, B, D) with y0's dtype")
+    grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _contig(
+        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
+    B, D = y0.shape
+    gp = torch.zeros(params.shape, dtype=params.dtype)
+    gy0 = torch.zeros(B, D, dtype=y0.dtype)
+    gev = torch.zeros(ev_a.shape, dtype=y0.dtype)
+    if B > 0:
+        a = _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
+        cap = ck_t.shape[1] if ck_t.dim() == 2 else 0
+        if cap > 0:
+            if not (ck_t.shape == ck_tn.shape == ck_jump.shape == (B, cap) and ck_y.shape == (B, cap, D)
+                    and ck_n.shape == (B,) and ck_t.dtype == ck_tn.dtype == torch.float64 and ck_y.dtype == y0.dtype
+                    and ck_jump.dtype == torch.uint8 and ck_n.dtype == torch.int64):
+                raise ValueError("hnode_fast::cpu_solve_backward: bad checkpoint tensors")
+            if bool((ck_n > cap).any()):
+                raise ValueError("hnode_fast::cpu_solve_backward: ck_n exceeds the checkpoint capacity")
+            a.update(_ck_args(*_contig(ck_t, ck_tn, ck_y, ck_jump, ck_n)))
+        _lib().cpu_solve_backward(a, y0.dtype == torch.float64, grad_y.data_ptr(), gp.data_ptr(),
+                                  gy0.data_ptr(), gev.data_ptr())
+    return gp, gy0, gev.to(ev_a.dtype)
+
+
+@cpu_solve_backward.register_fake
+def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads,
+      ck_t, ck_tn, ck_y, ck_jump, ck_n):
+    return params.new_empty(params.shape), y0.new_empty(y0.shape), ev_a.new_empty(ev_a.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:10], *output[2:])
+    ctx.scalars = tuple(inputs[10:14])
+
+
+def _backward(ctx, grad_y, *unused):
+    saved = ctx.saved_tensors
+    ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = saved[:10]
+    if grad_y is None:
+        grad_y = torch.zeros(out_t.shape[1], y0.shape[0], y0.shape[1], dtype=y0.dtype)
+    gp, gy0, gev = torch.ops.hnode_fast.cpu_solve_backward(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s,
+                                                           ev_a, in_t, in_v, *ctx.scalars, *saved[10:])
+    return (None, gp, gy0, None, None, None, None, gev, None, None, None, None, None, None, None)
+
+
+cpu_solve.register_autograd(_backward, setup_context=_setup_context)
+
+
+def problem_tensors(prob, spec):
+    """The op's tensor arguments for a validated :class:`~hnode_fast.solve.Problem`."""
+    y0 = prob.y0
+    B = y0.shape[0]
+    dtype = y0.dtype
+    out_t = prob.out_t.to(torch.float64).contiguous()
+    stops = build_stops(out_t, prob.events, prob.inputs)
+    if stops is None:
+        stops = torch.zeros(B, 0, dtype=torch.float64)
+    if prob.events is not None:
+        ev = prob.events
+        ev_t = ev.times.to(torch.float64).contiguous()
+        ev_s = ev.states.to(torch.int32).contiguous()
+        ev_a = ev.amounts.to(dtype)
+    else:
+        ev_t = torch.zeros(B, 0, dtype=torch.float64)
+        ev_s = torch.zeros(B, 0, dtype=torch.int32)
+        ev_a = torch.zeros(B, 0, dtype=dtype)
+    if prob.inputs is not None:
+        inp = prob.inputs
+        if inp.values.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError("backend='cpu' gives no gradient to inputs.values; use backend='reference'")
+        in_t = inp.times.to(torch.float64).contiguous()
+        in_v = inp.values.detach().to(dtype).contiguous()
+    else:
+        in_t = torch.zeros(B, 0, dtype=torch.float64)
+        in_v = torch.zeros(B, 0, max(spec.n_inputs, 0), dtype=dtype)
+    return out_t, stops, ev_t, ev_s, ev_a, in_t, in_v
+
+
+def _spec_for(field):
+    """``field.compile()``, cached while no gradient is needed and no parameter/buffer changed
+    (key: identity and version counter of every parameter and buffer)."""
+    tensors = list(field.parameters()) + list(field.buffers())
+    need_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tensors)
+    if need_grad:
+        return field.compile()
+    key = tuple((id(p), p._version, p.dtype) for p in tensors)
+    cache = getattr(field, "_hnode_cpu_spec_cache", None)
+    if cache is not None and cache[0] == key:
+        return cache[1]
+    spec = field.compile().detach()
+    object.__setattr__(field, "_hnode_cpu_spec_cache", (key, spec))
+    return spec
+
+
+def solve(prob):
+    """``Problem -> (y (T, B, D), Stats)`` on the CPU kernels."""
+    if not prob.field_like:
+        raise NotImplementedError("backend='cpu' solves hf.HybridField funcs only; use backend='reference' "
+                                  "for plain callables")
+    if prob.step_mode != "per_sample":
+        raise NotImplementedError("backend='cpu' supports step_mode='per_sample' only; use backend='reference' "
+                                  "for step_mode='shared'")
+    if prob.adjoint != "discrete":
+        raise NotImplementedError("backend='cpu' supports adjoint='discrete' only; use backend='reference' "
+                                  "for adjoint='backsolve'")
+    if prob.y0.device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs CPU tensors, y0 is on {prob.y0.device}")
+    _lib()
+    spec = _spec_for(prob.func)
+    params = spec.params
+    if params.dtype != prob.y0.dtype:
+        params = params.to(prob.y0.dtype)
+    out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = problem_tensors(prob, spec)
+    args = (spec.ints, params, prob.y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, prob.rtol, prob.atol,
+            prob.max_steps, torch.get_num_threads())
+    needs_graph = torch.is_grad_enabled() and (params.requires_grad or prob.y0.requires_grad or ev_a.requires_grad)
+    if needs_graph or torch.compiler.is_compiling():
+        # store up to ``cap`` accepted steps per trajectory for the backward (those that do
+        # not fit are re-solved there); at most ~64 MiB of checkpoints
+        B, D = prob.y0.shape
+        per = B * (D * prob.y0.element_size() + 17)
+        cap = int(min(prob.max_steps, 128, max(8, (64 << 20) // max(per, 1))))
+        y, st = torch.ops.hnode_fast.cpu_solve(*args, cap)[:2]
+    else:  # nothing to differentiate and not tracing: skip the dispatcher (tens of us per call)
+        y, st = _cpu_solve_impl(*args)[:2]
+    stats = Stats(n_steps=st[:, 0], n_rejected=st[:, 1], nfe=st[:, 2], status=st[:, 3], step_times=None)
+    return y, stats
+
+
+def eval_field(spec, z: Tensor, u=None, repeat: int = 1, n_threads: int = 1) -> Tensor:
+    """``dz/dt`` of a FieldSpec by the compiled kernel (no autograd): ``(B, D) -> (B, D)``."""
+    lib = _lib()
+    z = z.contiguous()
+    B, D = z.shape
+    params = spec.params.detach().to(z.dtype).contiguous()
+    K = spec.n_inputs
+    u = (u if u is not None else z.new_zeros(B, K)).to(z.dtype).contiguous() if K > 0 else z.new_zeros(1)
+    out = torch.empty_like(z)
+    lib.cpu_eval_field(z.dtype == torch.float64, spec.ints.data_ptr(), spec.ints.numel(), params.data_ptr(),
+                       params.numel(), z.data_ptr(), u.data_ptr(), B, D, out.data_ptr(), n_threads, repeat)
+    return out
+
+
+def vjp_field(spec, z: Tensor, a: Tensor, u=None):
+    """``(J_z^T a (B, D), sum_b J_params^T a (P,))`` by the compiled kernel."""
+    lib = _lib()
+    z, a = z.contiguous(), a.to(z.dtype).contiguous()
+    B, D = z.shape
+    params = spec.params.detach().to(z.dtype).contiguous()
+    K = spec.n_inputs
+    u = (u if u is not None else z.new_zeros(B, K)).to(z.dtype).contiguous() if K > 0 else z.new_zeros(1)
+    gz = torch.zeros_like(z)
+    gp = torch.zeros_like(params)
+    lib.cpu_vjp_field(z.dtype == torch.float64, spec.ints.data_ptr(), spec.ints.numel(), params.data_ptr(),
+                      params.numel(), z.data_ptr(), u.data_ptr(), a.data_ptr(), B, D, gz.data_ptr(), gp.data_ptr())
+    return gz, gp

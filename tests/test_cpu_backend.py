@@ -1,0 +1,312 @@
+"""The compiled CPU backend against the reference: field eval/VJP, whole solves (same accepted
+steps, float64 to ~1e-12), float32, events, inputs, grids, failures, gradients, the custom op."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import hnode_fast as hf
+from hnode_fast import backends
+from hnode_fast.reference.spec_eval import eval_spec
+
+from conftest import random_field
+
+pytestmark = pytest.mark.skipif("cpu" not in backends.available(), reason="CPU solver not built")
+cpu = pytest.importorskip("hnode_fast.backends.cpu")
+f64 = torch.float64
+ACTS = ["identity", "tanh", "relu", "elu", "softplus", "silu"]
+
+
+def both(f, y0, t, **kw):
+    out = []
+    for be in ("reference", "cpu"):
+        out.append(hf.odeint(f, y0, t, backend=be, return_stats=True, **kw))
+    return out
+
+
+def assert_same_stats(sr, sc):
+    for name in ("n_steps", "n_rejected", "nfe", "status"):
+        assert torch.equal(getattr(sr, name), getattr(sc, name)), (name, getattr(sr, name), getattr(sc, name))
+
+
+def assert_close_nan(a, b, rtol=1e-12, atol=1e-12):
+    assert torch.equal(torch.isnan(a), torch.isnan(b))
+    m = ~torch.isnan(a)
+    torch.testing.assert_close(a[m], b[m], rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------- field evaluation and VJP
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("layout", ["dense", "masked", "csr"])
+def test_field_eval_and_vjp_match_reference(act, layout, seed):
+    density = None if layout == "dense" else 0.4
+    f = random_field(D=5, hidden=(12, 7), activation=act, n_inputs=2, nn_inputs=True, mask_density=density)
+    spec = f.compile(csr_threshold=1.0 if layout == "csr" else 0.25)
+    if layout == "csr":
+        assert any(r[2] == 1 for r in spec.layer_rows().tolist())
+    z = torch.randn(9, 5, dtype=f64)
+    u = torch.randn(9, 2, dtype=f64)
+    torch.testing.assert_close(cpu.eval_field(spec, z, u), eval_spec(spec, z, u), rtol=1e-12, atol=1e-13)
+    a = torch.randn(9, 5, dtype=f64)
+    zz = z.clone().requires_grad_()
+    p = spec.params.detach().clone().requires_grad_()
+    gz, gp = torch.autograd.grad(eval_spec(spec, zz, u, params=p), (zz, p), a)
+    cgz, cgp = cpu.vjp_field(spec, z, a, u)
+    torch.testing.assert_close(cgz, gz, rtol=1e-11, atol=1e-12)
+    torch.testing.assert_close(cgp, gp, rtol=1e-11, atol=1e-12)
+
+
+def test_very_sparse_layer_uses_csr_and_matches(seed):
+    f = random_field(D=6, hidden=(40, 40), mech=False, mask_density=0.1)
+    spec = f.compile()
+    assert [r[2] for r in spec.layer_rows().tolist()].count(1) >= 1
+    z = torch.randn(4, 6, dtype=f64)
+    torch.testing.assert_close(cpu.eval_field(spec, z), eval_spec(spec, z), rtol=1e-12, atol=1e-13)
+
+
+# ---------------------------------------------------------------- whole solves
+@pytest.mark.parametrize("D", [1, 3, 17])
+@pytest.mark.parametrize("B", [1, 4])
+def test_solve_matches_reference_float64(D, B, seed):
+    f = random_field(D=D, hidden=(16, 16))
+    y0 = torch.rand(B, D, dtype=f64)
+    t = torch.linspace(0, 3, 13, dtype=f64)
+    with torch.no_grad():
+        (yr, sr), (yc, sc) = both(f, y0, t, rtol=1e-7, atol=1e-9)
+    assert_same_stats(sr, sc)
+    torch.testing.assert_close(yc, yr, rtol=1e-11, atol=1e-12)
+
+
+def test_single_step_matches_reference(seed):
+    f = random_field(D=4, hidden=(8,))
+    y0 = torch.rand(3, 4, dtype=f64)
+    t = torch.tensor([0.0, 0.004, 0.01], dtype=f64)
+    with torch.no_grad():
+        (yr, sr), (yc, sc) = both(f, y0, t, rtol=1e-2, atol=1e-2)
+    assert (sr.n_steps == 1).all()
+    assert_same_stats(sr, sc)
+    torch.testing.assert_close(yc, yr, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "softplus"])
+def test_masked_csr_and_fully_masked_layer(act, seed):
+    f = random_field(D=5, hidden=(10, 10), activation=act, mask_density=0.3)
+    f.nn.set_mask(1, torch.zeros_like(f.nn.masks[1]))  # kills every path: only biases remain
+    y0 = torch.rand(3, 5, dtype=f64)
+    t = torch.linspace(0, 2, 5, dtype=f64)
+    with torch.no_grad():
+        (yr, sr), (yc, sc) = both(f, y0, t)
+    assert_same_stats(sr, sc)
+    torch.testing.assert_close(yc, yr, rtol=1e-11, atol=1e-12)
+
+
+def test_events_inputs_and_per_trajectory_grids(seed):
+    B, D, K = 4, 3, 2
+    f = random_field(D=D, hidden=(8, 8), n_inputs=K, nn_inputs=True)
+    inf = float("inf")
+    ev = hf.Events(times=torch.tensor([[0.0, 0.7, 0.7, inf], [1.1, inf, inf, inf], [0.3, 2.5, inf, inf],
+                                       [inf, inf, inf, inf]], dtype=f64),
+                   states=torch.tensor([[0, 1, 1, 0], [2, 0, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0]]),
+                   amounts=torch.rand(B, 4, dtype=f64))
+    inp = hf.Inputs(times=torch.tensor([[0.0, 1.0, 1.7], [-1.0, 0.7, inf], [0.5, 0.9, 2.2], [0.2, 0.4, 0.6]],
+                                       dtype=f64), values=torch.randn(B, 3, K, dtype=f64))
+    t = torch.sort(torch.rand(B, 9, dtype=f64) * 3, dim=1).values
+    t[:, 0] = 0.0
+    t[0] = torch.tensor([0.0, 0.2, 0.4, 0.55, 0.7, 1.2, 1.9, 2.4, 3.0])  # 0.7: output at a dose (pre-dose)
+    with torch.no_grad():
+        (yr, sr), (yc, sc) = both(f, torch.rand(B, D, dtype=f64), t, events=ev, inputs=inp, rtol=1e-8, atol=1e-10)
+    assert_same_stats(sr, sc)
+    torch.testing.assert_close(yc, yr, rtol=1e-11, atol=1e-12)
+
+
+def test_float32_close_to_reference(seed):
+    f = random_field(D=4, hidden=(16, 16))
+    y0 = torch.rand(5, 4, dtype=f64)
+    t = torch.linspace(0, 3, 7, dtype=f64)
+    with torch.no_grad():
+        y64 = hf.odeint(f, y0, t, rtol=1e-5, atol=1e-7, backend="reference")
+        f32 = f.float()
+        yr, sr = hf.odeint(f32, y0.float(), t, rtol=1e-5, atol=1e-7, backend="reference", return_stats=True)
+        yc, sc = hf.odeint(f32, y0.float(), t, rtol=1e-5, atol=1e-7, backend="cpu", return_stats=True)
+    assert yc.dtype == torch.float32 and (sc.status == 0).all()
+    torch.testing.assert_close(yc, yr, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(yc.double(), y64, rtol=1e-3, atol=1e-4)
+    assert (sc.n_steps - sr.n_steps).abs().max() <= 1
+
+
+def test_blow_up_status_and_nan_like_reference():
+    f = hf.HybridField(mech=hf.MechanisticGraph(1, [hf.MassAction((0, 0), 0, 1.0, consume=False)], dtype=f64))
+    y0 = torch.tensor([[1.0], [0.1]], dtype=f64)
+    t = torch.tensor([0.0, 0.5, 2.0, 3.0], dtype=f64)
+    with torch.no_grad():
+        (yr, sr), (yc, sc) = both(f, y0, t)
+    assert int(sc.status[0]) != 0 and int(sc.status[1]) == 0
+    assert_same_stats(sr, sc)
+    assert_close_nan(yc, yr)
+
+
+def test_max_steps_like_reference(seed):
+    f = random_field(D=2, hidden=(4,))
+    with torch.no_grad():
+        (yr, sr), (yc, sc) = both(f, torch.rand(3, 2, dtype=f64), torch.linspace(0, 5, 4, dtype=f64),
+                                  rtol=1e-12, atol=1e-14, max_steps=7)
+    assert (sc.status == 1).all() and ((sc.n_steps + sc.n_rejected) == 7).all()
+    assert_same_stats(sr, sc)
+    assert_close_nan(yc, yr)
+
+
+def test_isa_builds_agree_bitwise():
+    code = ("import torch, hnode_fast as hf, sys; sys.path.insert(0, 'tests'); from conftest import random_field;"
+            "torch.manual_seed(3); f = random_field(D=5, hidden=(16, 16));"
+            "y = hf.odeint(f, torch.rand(7, 5, dtype=torch.float64), torch.linspace(0, 2, 5, dtype=torch.float64),"
+            " backend='cpu'); print(repr(y.detach().flatten().tolist()))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outs = []
+    for isa in ("base", "auto"):
+        env = dict(os.environ, HNODE_CPU_ISA=isa)
+        r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert outs[0] == outs[1]
+
+
+# ---------------------------------------------------------------- gradients
+def _grads(f, y0, t, w, backend, **kw):
+    params = [p for p in f.parameters() if p.requires_grad]
+    y = hf.odeint(f, y0, t, backend=backend, **kw)
+    return torch.autograd.grad((y.nan_to_num() * w).sum(), [y0] + params, allow_unused=True)
+
+
+@pytest.mark.parametrize("case", ["plain", "events_inputs", "masked"])
+def test_gradients_equal_autograd_through_reference(case, seed):
+    B, D = 3, 4
+    kw = {}
+    if case == "events_inputs":
+        f = random_field(D=D, hidden=(8, 8), n_inputs=1)
+        kw["events"] = hf.Events(times=torch.tensor([[0.0, 0.8], [0.5, float("inf")], [1.2, 1.2]], dtype=f64),
+                                 states=torch.tensor([[0, 1], [2, 0], [3, 3]]), amounts=torch.rand(B, 2, dtype=f64))
+        kw["inputs"] = hf.Inputs(times=torch.tensor([[0.3, 1.0]] * B, dtype=f64), values=torch.randn(B, 2, 1, dtype=f64))
+    else:
+        f = random_field(D=D, hidden=(8, 8), mask_density=0.5 if case == "masked" else None)
+    y0 = torch.rand(B, D, dtype=f64, requires_grad=True)
+    t = torch.linspace(0, 2, 6, dtype=f64)
+    w = torch.randn(6, B, D, dtype=f64)
+    gr = _grads(f, y0, t, w, "reference", rtol=1e-7, atol=1e-9, **kw)
+    gc = _grads(f, y0, t, w, "cpu", rtol=1e-7, atol=1e-9, **kw)
+    for a, b in zip(gr, gc):
+        if a is None:
+            assert b is None or (b == 0).all()
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-11)
+    if case == "masked":
+        for layer, m in zip(f.nn.layers, f.nn.masks):
+            g = torch.autograd.grad(hf.odeint(f, y0, t, backend="cpu").sum(), layer.weight)[0]
+            assert (g[~m] == 0).all()
+
+
+def test_event_amount_gradient_matches_reference(seed):
+    f = random_field(D=3, hidden=(6,))
+    amounts = torch.rand(2, 2, dtype=f64, requires_grad=True)
+    ev = hf.Events(times=torch.tensor([[0.0, 0.9], [0.4, 5.0]], dtype=f64), states=torch.tensor([[0, 2], [1, 1]]),
+                   amounts=amounts)
+    y0 = torch.rand(2, 3, dtype=f64)
+    t = torch.linspace(0, 2, 5, dtype=f64)
+    g = [torch.autograd.grad(hf.odeint(f, y0, t, events=ev, backend=be).pow(2).sum(), amounts)[0]
+         for be in ("reference", "cpu")]
+    torch.testing.assert_close(g[1], g[0], rtol=1e-10, atol=1e-12)
+    assert g[1][1, 1] == 0  # dose after the last output time is never applied
+
+
+def _op_case(dtype=f64):
+    """Small problem whose step sizes are clipped to the stops (so they do not depend on y0 or
+    params and finite differences see the same accepted steps)."""
+    torch.manual_seed(0)
+    f = random_field(D=2, hidden=(3,), dtype=dtype)
+    spec = f.compile()
+    B = 2
+    y0 = torch.rand(B, 2, dtype=dtype)
+    out_t = torch.tensor([[0.0, 0.02, 0.05, 0.08], [0.0, 0.03, 0.06, 0.1]], dtype=f64)
+    ev_t = torch.tensor([[0.04], [0.05]], dtype=f64)
+    ev_s = torch.tensor([[1], [0]], dtype=torch.int32)
+    ev_a = torch.rand(B, 1, dtype=dtype)
+    stops = ev_t.clone()
+    in_t = torch.zeros(B, 0, dtype=f64)
+    in_v = torch.zeros(B, 0, 0, dtype=dtype)
+    return spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v
+
+
+@pytest.mark.parametrize("cap", [0, 1, 8], ids=["recompute", "overflow", "stored"])
+def test_gradcheck_op(cap):
+    spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
+
+    def fn(params, y0, ev_a):
+        y, st = torch.ops.hnode_fast.cpu_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
+                                               1e-1, 1e-1, 100, 1, cap)[:2]
+        return y
+
+    params = spec.params.detach().clone().requires_grad_()
+    with torch.no_grad():
+        _, st = torch.ops.hnode_fast.cpu_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
+                                               1e-1, 1e-1, 100, 1)[:2]
+    assert (st[:, 0] == 2).all() and (st[:, 1] == 0).all()  # one clipped step per segment
+    assert torch.autograd.gradcheck(fn, (params, y0.requires_grad_(), ev_a.requires_grad_()), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("cap", [0, 8])
+def test_opcheck(cap):
+    spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
+    params = spec.params.detach().clone().requires_grad_()
+    args = (spec.ints, params, y0.requires_grad_(), out_t, stops, ev_t, ev_s, ev_a.requires_grad_(), in_t, in_v,
+            1e-1, 1e-1, 100, 1, cap)
+    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve.default, args)
+
+
+# ---------------------------------------------------------------- dispatch and bad input
+def test_auto_picks_cpu_for_fields(monkeypatch):
+    calls = []
+    orig = backends._BUILT["cpu"]
+    monkeypatch.setitem(backends._BUILT, "cpu", lambda prob: calls.append(1) or orig(prob))
+    f = random_field(D=2, hidden=(4,))
+    hf.odeint(f, torch.rand(2, 2, dtype=f64), torch.linspace(0, 1, 3, dtype=f64))
+    assert calls == [1]
+    hf.odeint(lambda t, y: -y, torch.rand(2, 2, dtype=f64), torch.linspace(0, 1, 3, dtype=f64))
+    hf.odeint(f, torch.rand(2, 2, dtype=f64), torch.linspace(0, 1, 3, dtype=f64), step_mode="shared")
+    assert calls == [1]
+
+
+def test_unsupported_options_raise():
+    f = random_field(D=2, hidden=(4,))
+    y0, t = torch.rand(2, 2, dtype=f64), torch.linspace(0, 1, 3, dtype=f64)
+    with pytest.raises(NotImplementedError, match="HybridField"):
+        hf.odeint(lambda t, y: -y, y0, t, backend="cpu")
+    with pytest.raises(NotImplementedError, match="shared"):
+        hf.odeint(f, y0, t, backend="cpu", step_mode="shared")
+    with pytest.raises(NotImplementedError, match="backsolve"):
+        hf.odeint(f, y0, t, backend="cpu", adjoint="backsolve")
+    with pytest.raises(ValueError, match="y0"):
+        hf.odeint(f, torch.full((2, 2), float("nan"), dtype=f64), t, backend="cpu")
+
+
+def test_spec_cache_sees_parameter_updates():
+    f = random_field(D=2, hidden=(4,))
+    y0, t = torch.rand(2, 2, dtype=f64), torch.linspace(0, 1, 3, dtype=f64)
+    with torch.no_grad():
+        y1 = hf.odeint(f, y0, t, backend="cpu")
+        f.nn.layers[0].weight.add_(0.5)
+        y2 = hf.odeint(f, y0, t, backend="cpu")
+        y3 = hf.odeint(f, y0, t, backend="reference")
+    assert not torch.equal(y1, y2)
+    torch.testing.assert_close(y2, y3, rtol=1e-11, atol=1e-12)
+
+
+def test_op_rejects_bad_arguments():
+    spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
+    good = [spec.ints, spec.params.detach(), y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-3, 1e-6, 100, 1]
+    for i, bad in ((1, spec.params.detach()[:-1]), (2, y0.float()), (3, out_t[:1]), (6, ev_s.long()),
+                   (6, ev_s + 5), (9, torch.zeros(2, 1, 3, dtype=f64))):
+        args = list(good)
+        args[i] = bad
+        with pytest.raises((ValueError, RuntimeError)):
+            torch.ops.hnode_fast.cpu_solve(*args)
