@@ -1,0 +1,232 @@
+"""Launchers and autograd Functions for the Triton kernels (Liger-style naming).
+
+* ``field_forward`` / ``field_backward`` + :class:`FieldEvalFunction`
+* ``dp_step_forward`` / ``dp_step_backward`` + :class:`DPStepFunction`
+
+All take a :class:`~.plan.Plan`; gradients w.r.t. the plan tensors flow to ``spec.params``
+through the plan's differentiable construction.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ...reference import dopri5 as dp
+from . import kernels as K
+from .plan import Plan
+
+BLOCK_M = int(os.environ.get("HNODE_TRITON_BLOCK_M", "16"))  # trajectories per program (>= 16)
+# K-chunk of the dots: layers wider than this read their input back from a per-program scratch
+# in chunks of KCHUNK columns (bounds the weight tile in registers/shared memory per dot)
+KCHUNK = int(os.environ.get("HNODE_TRITON_KCHUNK", "64"))
+
+
+def _check_device(x: torch.Tensor) -> None:
+    if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise NotImplementedError(
+            "backend='triton' on CPU tensors runs only under the Triton interpreter: set TRITON_INTERPRET=1 "
+            "before importing triton (slow; for tests), or move the tensors to a CUDA device")
+
+
+_COEF_CACHE = {}
+
+
+def coef_tensor(dtype, device) -> torch.Tensor:
+    key = (dtype, str(device))
+    if key not in _COEF_CACHE:
+        vals = []
+        for s in range(1, 6):
+            vals.extend(dp.A[s])
+        vals.extend(dp.B)
+        vals.extend(dp.E)
+        for row in dp.P:
+            vals.extend(row)
+        assert len(vals) == 56
+        _COEF_CACHE[key] = torch.tensor(vals, dtype=torch.float64).to(dtype=dtype, device=device)
+    return _COEF_CACHE[key]
+
+
+def _ctl(device) -> torch.Tensor:
+    key = ("ctl", str(device))
+    if key not in _COEF_CACHE:
+        _COEF_CACHE[key] = torch.tensor([dp.SAFETY, dp.ERROR_EXPONENT, dp.MIN_FACTOR, dp.MAX_FACTOR],
+                                        dtype=torch.float64, device=device)
+    return _COEF_CACHE[key]
+
+
+def _prec(plan: Plan, dtype, allow_tf32: bool) -> str:
+    return "tf32" if (allow_tf32 and dtype == torch.float32) else "ieee"
+
+
+def _u_or_dummy(u, B, dtype, device):
+    if u is None or u.numel() == 0:
+        return torch.zeros(1, dtype=dtype, device=device), 0
+    return u.to(dtype).contiguous(), u.shape[1]
+
+
+def _meta(plan: Plan, dtype, allow_tf32, B=0, device=None):
+    """Compile-time constants + the per-program scratch used by K-chunked dots."""
+    m = dict(plan.meta)
+    m["PREC"] = _prec(plan, dtype, allow_tf32)
+    sw = max(m["DP"], m["KP"], m["O0"], m["O1"], m["O2"])
+    kc = max(16, int(KCHUNK))
+    m["KC"], m["SW"] = kc, sw
+    n = triton_cdiv(B, BLOCK_M) * BLOCK_M * sw if sw > kc else 1
+    m["scr_ptr"] = torch.empty(max(n, 1), dtype=dtype, device=device)
+    return m
+
+
+def _grad_buffers(plan: Plan):
+    return [torch.zeros_like(t) for t in plan.tensors]
+
+
+# ----------------------------------------------------------------------------- field eval
+
+
+def field_forward(plan: Plan, z, u=None, tensors=None, allow_tf32=False):
+    """``z (B, D)`` (``u (B, K)``) -> ``(B, D)``."""
+    _check_device(z)
+    z = z.contiguous()
+    B, D = z.shape
+    uu, Kn = _u_or_dummy(u, B, z.dtype, z.device)
+    tens = plan.tensors if tensors is None else tensors
+    out = torch.empty_like(z)
+    grid = (triton_cdiv(B, BLOCK_M),)
+    K._field_fwd_kernel[grid](z, uu, out, B, D, Kn, *tens, plan.tab, plan.n_terms, BM=BLOCK_M,
+                              **_meta(plan, z.dtype, allow_tf32, B, z.device))
+    return out
+
+
+def field_backward(plan: Plan, z, u, g, tensors=None, allow_tf32=False):
+    """VJP: ``(dz (B, D), [grad of each plan tensor])`` for the cotangent ``g (B, D)``."""
+    z = z.contiguous()
+    g = g.contiguous().to(z.dtype)
+    B, D = z.shape
+    uu, Kn = _u_or_dummy(u, B, z.dtype, z.device)
+    tens = plan.tensors if tensors is None else tensors
+    grads = [torch.zeros_like(t) for t in tens]
+    dz = torch.empty_like(z)
+    grid = (triton_cdiv(B, BLOCK_M),)
+    K._field_bwd_kernel[grid](z, uu, g, dz, B, D, Kn, *tens, plan.tab, plan.n_terms, *grads, BM=BLOCK_M,
+                              **_meta(plan, z.dtype, allow_tf32, B, z.device))
+    return dz, grads
+
+
+def triton_cdiv(a, b):
+    return (a + b - 1) // b
+
+
+class FieldEvalFunction(torch.autograd.Function):
+    """``(z, u, *plan.tensors) -> dz/dt``; backward by the VJP kernel."""
+
+    @staticmethod
+    def forward(ctx, plan, allow_tf32, z, u, *tensors):
+        ctx.plan, ctx.allow_tf32 = plan, allow_tf32
+        ctx.save_for_backward(z, u if u is not None else z.new_zeros(0), *tensors)
+        return field_forward(plan, z, u, list(tensors), allow_tf32)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, u, *tensors = ctx.saved_tensors
+        dz, grads = field_backward(ctx.plan, z, u if u.numel() else None, g, tensors, ctx.allow_tf32)
+        grads = [gr if t.requires_grad else None for gr, t in zip(grads, tensors)]
+        return (None, None, dz, None, *grads)
+
+
+def field_eval(plan: Plan, z, u=None, allow_tf32=False):
+    """Differentiable field evaluation with the Triton kernels."""
+    return FieldEvalFunction.apply(plan, allow_tf32, z, u, *plan.tensors)
+
+
+# ----------------------------------------------------------------------------- fused DP5 step
+
+
+def dp_step_forward(plan: Plan, y, f0, u, h, rtol, atol, rejected=None, stiffness=False, tensors=None,
+                    allow_tf32=False):
+    """One fused step. Returns ``y1, k7, Q (4, B, D), err (B,) f64, h_next (B,) f64, accept (B,) bool,
+    stiff (B,) f64 or None``. ``Q`` are the dense-output coefficients: ``y(t + x h) = y + h *
+    sum_m x^(m+1) Q_m``."""
+    _check_device(y)
+    y = y.contiguous()
+    f0 = f0.contiguous().to(y.dtype)
+    B, D = y.shape
+    dev = y.device
+    uu, Kn = _u_or_dummy(u, B, y.dtype, dev)
+    h = h.to(torch.float64).contiguous()
+    tol = torch.tensor([atol, rtol], dtype=torch.float64).to(dtype=y.dtype, device=dev)
+    rej = (rejected.to(torch.int8) if rejected is not None else torch.zeros(B, dtype=torch.int8, device=dev))
+    tens = plan.tensors if tensors is None else tensors
+    y1 = torch.empty_like(y)
+    k7 = torch.empty_like(y)
+    q = torch.empty((4, B, D), dtype=y.dtype, device=dev)
+    err = torch.empty(B, dtype=torch.float64, device=dev)
+    hn = torch.empty(B, dtype=torch.float64, device=dev)
+    acc = torch.empty(B, dtype=torch.int8, device=dev)
+    st = torch.empty(B if stiffness else 1, dtype=torch.float64, device=dev)
+    grid = (triton_cdiv(B, BLOCK_M),)
+    K._dp_step_fwd_kernel[grid](y, f0, uu, h, tol, coef_tensor(y.dtype, dev), _ctl(dev), rej, y1, k7, q, err, hn, acc, st,
+                                B, D, Kn, *tens, plan.tab, plan.n_terms, BM=BLOCK_M, STIFF=bool(stiffness),
+                                **_meta(plan, y.dtype, allow_tf32, B, dev))
+    return y1, k7, q, err, hn, acc.bool(), (st if stiffness else None)
+
+
+def dp_step_backward(plan: Plan, y, f0, u, h, rtol, atol, gy1, gk7, gq, gerr, tensors=None, allow_tf32=False):
+    """VJP of ``(y1, k7, Q, err)`` -> ``(dy, df0, [grad of each plan tensor])``."""
+    y = y.contiguous()
+    B, D = y.shape
+    dev = y.device
+    uu, Kn = _u_or_dummy(u, B, y.dtype, dev)
+    tens = plan.tensors if tensors is None else tensors
+    grads = [torch.zeros_like(t) for t in tens]
+    z = torch.zeros_like(y)
+    gy1 = z if gy1 is None else gy1.contiguous().to(y.dtype)
+    gk7 = z if gk7 is None else gk7.contiguous().to(y.dtype)
+    has_gq = gq is not None
+    has_gerr = gerr is not None
+    gq = gq.contiguous().to(y.dtype) if has_gq else z
+    gerr = gerr.contiguous().to(torch.float64) if has_gerr else h
+    tol = torch.tensor([atol, rtol], dtype=torch.float64).to(dtype=y.dtype, device=dev)
+    gy = torch.empty_like(y)
+    gf0 = torch.empty_like(y)
+    grid = (triton_cdiv(B, BLOCK_M),)
+    K._dp_step_bwd_kernel[grid](y, f0.contiguous().to(y.dtype), uu, h.to(torch.float64).contiguous(), tol,
+                                coef_tensor(y.dtype, dev), gy1, gk7, gq, gerr, gy, gf0, B, D, Kn, *tens, plan.tab,
+                                plan.n_terms, *grads, BM=BLOCK_M, HAS_GQ=has_gq, HAS_GERR=has_gerr,
+                                **_meta(plan, y.dtype, allow_tf32, B, dev))
+    return gy, gf0, grads
+
+
+class DPStepFunction(torch.autograd.Function):
+    """``(y, f0, u, h, rejected, *plan.tensors) -> (y1, k7, Q, err, h_next, accept, stiff)``.
+
+    Differentiable in ``y``, ``f0`` and the plan tensors through ``y1``, ``k7``, ``Q`` and
+    ``err`` (stages recomputed in backward); ``h``, ``h_next``, ``accept``, ``stiff`` are
+    constants for differentiation."""
+
+    @staticmethod
+    def forward(ctx, plan, rtol, atol, stiffness, allow_tf32, y, f0, u, h, rejected, *tensors):
+        y1, k7, q, err, hn, acc, st = dp_step_forward(plan, y, f0, u, h, rtol, atol, rejected, stiffness,
+                                                      list(tensors), allow_tf32)
+        ctx.plan, ctx.rtol, ctx.atol, ctx.allow_tf32 = plan, rtol, atol, allow_tf32
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(y, f0, u if u is not None else y.new_zeros(0), h, *tensors)
+        if st is None:
+            st = torch.zeros(0, dtype=torch.float64, device=y.device)
+        ctx.mark_non_differentiable(hn, acc, st)
+        return y1, k7, q, err, hn, acc, st
+
+    @staticmethod
+    def backward(ctx, gy1, gk7, gq, gerr, _ghn, _gacc, _gst):
+        y, f0, u, h, *tensors = ctx.saved_tensors
+        gy, gf0, grads = dp_step_backward(ctx.plan, y, f0, u if u.numel() else None, h, ctx.rtol, ctx.atol,
+                                          gy1, gk7, gq, gerr, tensors, ctx.allow_tf32)
+        grads = [gr if t.requires_grad else None for gr, t in zip(grads, tensors)]
+        return (None, None, None, None, None, gy, gf0, None, None, None, *grads)
+
+
+def dp_step_apply(plan: Plan, y, f0, u, h, rtol, atol, rejected=None, stiffness=False, allow_tf32=False):
+    if rejected is None:
+        rejected = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+    return DPStepFunction.apply(plan, float(rtol), float(atol), bool(stiffness), allow_tf32, y, f0, u,
+                                h.to(torch.float64), rejected, *plan.tensors)
