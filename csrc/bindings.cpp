@@ -34,6 +34,7 @@ namespace cuda {
 int device_count();     // csrc/cuda/device_info.cu
 int runtime_version();  // csrc/cuda/device_info.cu
 }  // namespace cuda
+void register_cuda(py::module_& m);  // csrc/cuda/bind_cuda.cu
 }  // namespace hnode
 #endif
 
@@ -127,4 +128,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", &cuda_device_count,
         "Number of visible CUDA devices; 0 if not compiled with CUDA or no driver/device.");
   hnode::register_cpu(m);
+#if HNODE_WITH_CUDA
+  hnode::register_cuda(m);
+#endif
 }

@@ -60,6 +60,7 @@ def _worker(rank, world, port, out):
     loss.backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in model.module.named_parameters() if p.grad is not None}, out)
+    torch.distributed.barrier()  # no rank tears gloo down while the other still talks to it
     torch.distributed.destroy_process_group()
 
 

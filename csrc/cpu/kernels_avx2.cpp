@@ -17,6 +17,7 @@ bool avx2_compiled() { return false; }
 namespace avx2 {
 void solve(const Args&, bool, std::uintptr_t, std::uintptr_t) {}
 void backward(const Args&, bool, std::uintptr_t, std::uintptr_t, std::uintptr_t, std::uintptr_t) {}
+void backsolve(const Args&, bool, std::uintptr_t, std::uintptr_t, std::uintptr_t, std::uintptr_t, std::uintptr_t) {}
 void eval(bool, std::uintptr_t, long long, std::uintptr_t, long long, std::uintptr_t, std::uintptr_t, int, int,
           std::uintptr_t, int, int) {}
 void vjp(bool, std::uintptr_t, long long, std::uintptr_t, long long, std::uintptr_t, std::uintptr_t,

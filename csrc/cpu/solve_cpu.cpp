@@ -18,6 +18,8 @@ bool avx2_compiled();
   namespace NS {                                                                                               \
   void solve(const Args&, bool, std::uintptr_t, std::uintptr_t);                                              \
   void backward(const Args&, bool, std::uintptr_t, std::uintptr_t, std::uintptr_t, std::uintptr_t);          \
+  void backsolve(const Args&, bool, std::uintptr_t, std::uintptr_t, std::uintptr_t, std::uintptr_t,           \
+                 std::uintptr_t);                                                                            \
   void eval(bool, std::uintptr_t, long long, std::uintptr_t, long long, std::uintptr_t, std::uintptr_t, int, int, \
             std::uintptr_t, int, int);                                                                         \
   void vjp(bool, std::uintptr_t, long long, std::uintptr_t, long long, std::uintptr_t, std::uintptr_t,          \
@@ -102,6 +104,19 @@ void register_cpu(py::module_& m) {
           base::backward(a, dbl, g_out, gp, gy0, gev);
       },
       "Discrete adjoint of cpu_solve (re-runs the solve recording the accepted steps).");
+  m.def(
+      "cpu_solve_backsolve",
+      [](py::dict d, bool dbl, std::uintptr_t g_out, std::uintptr_t y_end, std::uintptr_t gp, std::uintptr_t gy0,
+         std::uintptr_t bst) {
+        Args a = make_args(d);
+        py::gil_scoped_release nogil;
+        if (use_avx2())
+          avx2::backsolve(a, dbl, g_out, y_end, gp, gy0, bst);
+        else
+          base::backsolve(a, dbl, g_out, y_end, gp, gy0, bst);
+      },
+      "Continuous (backsolve) adjoint of cpu_solve from the final states y_end (B, D): "
+      "grad_params (P,), grad_y0 (B, D), backward stats (B, 4).");
   m.def(
       "cpu_eval_field",
       [](bool dbl, std::uintptr_t ints, long long n_ints, std::uintptr_t params, long long P, std::uintptr_t z,

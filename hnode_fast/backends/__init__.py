@@ -21,7 +21,14 @@ from . import cpu as _cpu  # noqa: E402
 
 if _cpu.is_available():
     _BUILT["cpu"] = _cpu.solve
-    _ADJOINTS["cpu"] = ("discrete",)
+    _ADJOINTS["cpu"] = ("discrete", "backsolve")
+
+
+from . import cuda as _cuda  # noqa: E402
+
+if _cuda.is_available():
+    _BUILT["cuda"] = _cuda.solve
+    _ADJOINTS["cuda"] = ("discrete",)
 
 
 from . import triton as _triton  # noqa: E402  (imports triton lazily, on first use)
@@ -38,7 +45,12 @@ def supports(backend: str, adjoint: str = "discrete") -> bool:
 
 def dispatch(prob, backend: str):
     if backend == "auto":
-        backend = "cpu" if ("cpu" in _BUILT and _cpu.supports(prob)) else "reference"
+        if "cuda" in _BUILT and _cuda.supports(prob):
+            backend = "cuda"
+        else:
+            backend = "cpu" if ("cpu" in _BUILT and _cpu.supports(prob)) else "reference"
+    if backend == "cuda" and backend not in _BUILT:
+        raise NotImplementedError(_cuda.unavailable_reason())
     if backend not in _BUILT:
         raise NotImplementedError(
             f"backend={backend!r} is not available in this build (available: {available()}); "

@@ -13,12 +13,20 @@ Two ``torch.library`` custom ops (with fake implementations, so they trace under
   stage combination, the dense outputs and every stage). Step sizes and accept decisions are
   constants, as in the reference, so the gradient equals autograd through the reference.
 
+* ``hnode_fast::cpu_solve_backsolve(grad_y, <same inputs>, y_end) -> (grad_params, grad_y0,
+  stats (B, 4))``: the continuous (backsolve) adjoint (``csrc/include/hnode/backsolve.h``, the
+  algorithm of ``reference/backsolve.py``): the augmented system ``[y, a]`` integrated
+  backwards from the final states by the same adaptive DP5; O(1) memory, gradient of the exact
+  ODE solution to the solver tolerance. Used by ``adjoint="backsolve"`` (``_Backsolve``).
+
 Gradients reach the field's parameters through ``field.compile()`` (differentiable), ``y0``
-and ``events.amounts``. Supported: ``hf.HybridField`` funcs, ``step_mode="per_sample"``,
-``adjoint="discrete"``; anything else raises ``NotImplementedError``.
+and (discrete adjoint only) ``events.amounts``. Supported: ``hf.HybridField`` funcs,
+``step_mode="per_sample"``, ``adjoint="discrete"`` or ``"backsolve"``; anything else raises
+``NotImplementedError``.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Tuple
 
 import torch
@@ -44,7 +52,7 @@ def is_available() -> bool:
 def supports(prob) -> bool:
     """Whether ``backend="auto"`` may use this backend for ``prob``."""
     return (prob.field_like and prob.y0.device.type == "cpu" and prob.step_mode == "per_sample"
-            and prob.adjoint == "discrete")
+            and prob.adjoint in ("discrete", "backsolve"))
 
 
 def _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads):
@@ -188,6 +196,67 @@ def _backward(ctx, grad_y, *unused):
 cpu_solve.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("hnode_fast::cpu_solve_backsolve", mutates_args=())
+def cpu_solve_backsolve(grad_y: Tensor, ints: Tensor, params: Tensor, y0: Tensor, out_t: Tensor, stops: Tensor,
+                        ev_t: Tensor, ev_s: Tensor, ev_a: Tensor, in_t: Tensor, in_v: Tensor, y_end: Tensor,
+                        rtol: float, atol: float, max_steps: int, n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Continuous adjoint: ``(grad_params (P,), grad_y0 (B, D), backward stats (B, 4))``.
+
+    ``y_end``: the forward's final states ``y[-1]`` (rows that are not finite, i.e. failed
+    forwards, are re-solved to find where they stopped). Non-finite ``grad_y`` must already be
+    replaced (``torch.nan_to_num``). ``grad_y0`` is NaN where the backward solve failed.
+    """
+    _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
+    if grad_y.shape != (out_t.shape[1],) + tuple(y0.shape) or grad_y.dtype != y0.dtype:
+        raise ValueError("hnode_fast::cpu_solve_backsolve: grad_y must be (T, B, D) with y0's dtype")
+    if y_end.shape != y0.shape or y_end.dtype != y0.dtype:
+        raise ValueError("hnode_fast::cpu_solve_backsolve: y_end must be (B, D) with y0's dtype")
+    grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end = _contig(
+        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end)
+    B, D = y0.shape
+    gp = torch.zeros(params.shape, dtype=params.dtype)
+    gy0 = torch.zeros(B, D, dtype=y0.dtype)
+    bst = torch.zeros(B, 4, dtype=torch.int64)
+    if B > 0:
+        a = _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
+        _lib().cpu_solve_backsolve(a, y0.dtype == torch.float64, grad_y.data_ptr(), y_end.data_ptr(),
+                                   gp.data_ptr(), gy0.data_ptr(), bst.data_ptr())
+    return gp, gy0, bst
+
+
+@cpu_solve_backsolve.register_fake
+def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end, rtol, atol, max_steps,
+      n_threads):
+    return params.new_empty(params.shape), y0.new_empty(y0.shape), y0.new_empty(y0.shape[0], 4, dtype=torch.int64)
+
+
+class _Backsolve(torch.autograd.Function):
+    """Forward: ``cpu_solve`` without checkpoints; backward: ``cpu_solve_backsolve`` (the
+    continuous adjoint of reference/backsolve.py). Gradients to ``params`` and ``y0`` only."""
+
+    @staticmethod
+    def forward(ctx, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps,
+                n_threads):
+        y, st = torch.ops.hnode_fast.cpu_solve(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
+                                               rtol, atol, max_steps, n_threads, 0)[:2]
+        ctx.save_for_backward(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y)
+        ctx.scalars = (rtol, atol, max_steps, n_threads)
+        ctx.mark_non_differentiable(st)
+        return y, st
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_st):
+        ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y = ctx.saved_tensors
+        grad_y = torch.nan_to_num(grad_y, nan=0.0)  # no output beyond a failure (as the reference)
+        gp, gy0, bst = torch.ops.hnode_fast.cpu_solve_backsolve(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s,
+                                                                ev_a, in_t, in_v, y[-1], *ctx.scalars)
+        if not torch.compiler.is_compiling() and bool((bst[:, 3] != 0).any()):
+            warnings.warn("backsolve adjoint: the backward solve failed for some trajectories "
+                          f"(status {bst[:, 3].tolist()}); their gradients are NaN", RuntimeWarning)
+        return ((None, gp if ctx.needs_input_grad[1] else None, gy0 if ctx.needs_input_grad[2] else None)
+                + (None,) * 11)
+
+
 def problem_tensors(prob, spec):
     """The op's tensor arguments for a validated :class:`~hnode_fast.solve.Problem`."""
     y0 = prob.y0
@@ -242,9 +311,10 @@ def solve(prob):
     if prob.step_mode != "per_sample":
         raise NotImplementedError("backend='cpu' supports step_mode='per_sample' only; use backend='reference' "
                                   "for step_mode='shared'")
-    if prob.adjoint != "discrete":
-        raise NotImplementedError("backend='cpu' supports adjoint='discrete' only; use backend='reference' "
-                                  "for adjoint='backsolve'")
+    if prob.adjoint not in ("discrete", "backsolve"):
+        raise NotImplementedError(f"backend='cpu' has no adjoint={prob.adjoint!r}")
+    if prob.adjoint == "backsolve" and prob.events is not None and prob.events.amounts.requires_grad:
+        raise NotImplementedError("adjoint='backsolve' gives no gradient to events.amounts; use adjoint='discrete'")
     if prob.y0.device.type != "cpu":
         raise ValueError(f"backend='cpu' needs CPU tensors, y0 is on {prob.y0.device}")
     _lib()
@@ -256,7 +326,10 @@ def solve(prob):
     args = (spec.ints, params, prob.y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, prob.rtol, prob.atol,
             prob.max_steps, torch.get_num_threads())
     needs_graph = torch.is_grad_enabled() and (params.requires_grad or prob.y0.requires_grad or ev_a.requires_grad)
-    if needs_graph or torch.compiler.is_compiling():
+    if prob.adjoint == "backsolve" and needs_graph:
+        # continuous adjoint: no checkpoints, O(1) memory in the number of steps
+        y, st = _Backsolve.apply(*args)
+    elif needs_graph or torch.compiler.is_compiling():
         # store up to ``cap`` accepted steps per trajectory for the backward (those that do
         # not fit are re-solved there); at most ~64 MiB of checkpoints
         B, D = prob.y0.shape

@@ -1,0 +1,358 @@
+// CUDA ensemble kernels: the whole adaptive DP5 solve (hnode::solve_one) and its discrete
+// adjoint (hnode::adjoint_one) of csrc/include/hnode/solve.h, one thread per trajectory,
+// in one launch each (plus a tiny parameter-transpose kernel before, and a deterministic
+// parameter-gradient reduction after the adjoint).
+//
+// Work layout (docs/cuda.md): thread i handles trajectories i, i + n_thr, ... (grid-stride).
+// The FieldSpec ints, the parameters and their transposed copy are staged in shared memory
+// when they fit (<= 48 KiB per block), else read from global memory (L1/L2 cached).
+// Per-thread workspace (Work<T>): a thread-local array of a fixed bucket size (1024 or 2048
+// elements of T; the compiler keeps it in local memory, interleaved across threads by the
+// hardware and cached in L1) when Work<T>::size fits, else a slice of a global scratch
+// buffer allocated by PyTorch (generic path).
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "hnode/field.h"
+#include "hnode/solve.h"
+#include "solve_cuda.cuh"
+
+namespace hnode {
+namespace cuda {
+namespace {
+
+constexpr int BLOCK = 128;
+constexpr int SMEM_LIMIT = 48 * 1024;
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw std::runtime_error(std::string("hnode_fast CUDA kernel ") + what + " failed: " + cudaGetErrorName(e) +
+                             ": " + cudaGetErrorString(e));
+  }
+}
+void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+template <class P>
+__host__ __device__ __forceinline__ P* ptr(std::uintptr_t p) {
+  return reinterpret_cast<P*>(p);
+}
+
+void check_spec(const int* ints, long long n_ints, long long P, int D) {
+  if (n_ints < SPEC_HEADER) throw std::runtime_error("FieldSpec ints too short");
+  if (ints[0] != 1) throw std::runtime_error("FieldSpec version " + std::to_string(ints[0]) + " not supported");
+  if (ints[1] != D)
+    throw std::runtime_error("FieldSpec has D=" + std::to_string(ints[1]) + " but the state has " + std::to_string(D));
+  if (ints[10] != P)
+    throw std::runtime_error("FieldSpec expects " + std::to_string(ints[10]) + " params, got " + std::to_string(P));
+  const long long need = SPEC_HEADER + (long long)SPEC_LAYER_COLS * ints[4] + (long long)SPEC_TERM_COLS * ints[5] +
+                         ints[7] + ints[8];
+  if (need > n_ints) throw std::runtime_error("FieldSpec ints truncated");
+}
+
+// What every kernel needs besides cpu::Args (device pointers, sizes, layout flags).
+struct KArgs {
+  const int* ints;  // device
+  int n_ints;
+  const void* params;
+  const void* params_t;
+  int use_smem;
+  int A, G, K;
+  long long wsz;
+  void* ws;  // generic path scratch
+  int n_thr;
+};
+
+// params with every dense weight block (n_out, n_in) stored transposed (see field.h)
+template <class T>
+__global__ void transpose_params_kernel(const int* __restrict__ ints, const T* __restrict__ p, T* __restrict__ pT,
+                                        long long P) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= P) return;
+  const int L = ints[4];
+  long long dst = i;
+  for (int l = 0; l < L; ++l) {
+    const int* row = ints + SPEC_HEADER + SPEC_LAYER_COLS * l;
+    if (row[2] != 0) continue;
+    const long long nin = row[0], nout = row[1], w_off = row[3];
+    if (i >= w_off && i < w_off + nin * nout) {
+      const long long r = (i - w_off) / nin, c = (i - w_off) % nin;
+      dst = w_off + c * nout + r;
+    }
+  }
+  pT[dst] = p[i];
+}
+
+// Stages ints, params and paramsT in shared memory (whole block, before any early exit).
+template <class T>
+__device__ FieldView<T> stage_field(const KArgs& k, long long P) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const T* params = static_cast<const T*>(k.params);
+  const T* pT = static_cast<const T*>(k.params_t);
+  const int* ints = k.ints;
+  if (k.use_smem) {
+    T* sp = reinterpret_cast<T*>(smem);
+    T* spT = sp + P;
+    int* si = reinterpret_cast<int*>(spT + P);
+    for (long long i = threadIdx.x; i < P; i += blockDim.x) {
+      sp[i] = params[i];
+      spT[i] = pT[i];
+    }
+    for (int i = threadIdx.x; i < k.n_ints; i += blockDim.x) si[i] = ints[i];
+    __syncthreads();
+    params = sp;
+    pT = spT;
+    ints = si;
+  }
+  return make_field_view<T>(ints, params, pT);
+}
+
+template <class T>
+__device__ Traj<T> make_traj(const cpu::Args& a, int K, int b, T* out, long long* stats) {
+  Traj<T> tr;
+  const int D = a.D;
+  tr.y0 = ptr<const T>(a.y0) + (long long)b * D;
+  tr.out_t = ptr<const double>(a.out_t) + (long long)b * a.T;
+  tr.n_out = a.T;
+  tr.stops = a.S > 0 ? ptr<const double>(a.stops) + (long long)b * a.S : nullptr;
+  tr.n_stops = a.S;
+  if (a.E > 0) {
+    tr.ev_t = ptr<const double>(a.ev_t) + (long long)b * a.E;
+    tr.ev_s = ptr<const int>(a.ev_s) + (long long)b * a.E;
+    tr.ev_a = ptr<const T>(a.ev_a) + (long long)b * a.E;
+  }
+  tr.n_ev = a.E;
+  if (a.J > 0) {
+    tr.in_t = ptr<const double>(a.in_t) + (long long)b * a.J;
+    tr.in_v = ptr<const T>(a.in_v) + (long long)b * a.J * K;
+  }
+  tr.n_sw = a.J;
+  tr.out = out ? out + (long long)b * D : nullptr;
+  tr.out_stride = (long long)a.B * D;
+  tr.stats = stats ? stats + 4LL * b : nullptr;
+  return tr;
+}
+
+// Records accepted steps into the per-trajectory checkpoint buffers; n = -1 on overflow.
+template <class T>
+struct DevRecord {
+  double *t, *tn;
+  T* y;
+  unsigned char* jump;
+  long long n;
+  int cap;
+  __device__ void step(double t0, double t1, const void* yp, int D) {
+    if (n < 0) return;
+    if (n >= cap) {
+      n = -1;
+      return;
+    }
+    t[n] = t0;
+    tn[n] = t1;
+    const T* yy = static_cast<const T*>(yp);
+    for (int d = 0; d < D; ++d) y[n * D + d] = yy[d];
+    jump[n] = 0;
+    ++n;
+  }
+  __device__ void jump_after_last() {
+    if (n > 0) jump[n - 1] = 1;
+  }
+};
+
+template <class T>
+__device__ DevRecord<T> dev_record(const cpu::Args& a, int b) {
+  DevRecord<T> r;
+  const long long off = (long long)b * a.ck_cap;
+  r.t = ptr<double>(a.ck_t) + off;
+  r.tn = ptr<double>(a.ck_tn) + off;
+  r.y = ptr<T>(a.ck_y) + off * a.D;
+  r.jump = ptr<unsigned char>(a.ck_jump) + off;
+  r.n = 0;
+  r.cap = a.ck_cap;
+  return r;
+}
+
+// Per-thread workspace: a local array of WS elements, or (WS == 0) the global scratch.
+template <class T, int WS>
+struct Scratch {
+  T buf[WS];
+  __device__ T* get(const KArgs&, int) { return buf; }
+};
+template <class T>
+struct Scratch<T, 0> {
+  __device__ T* get(const KArgs& k, int tid) { return static_cast<T*>(k.ws) + (long long)tid * k.wsz; }
+};
+
+template <class T, int WS>
+__global__ void __launch_bounds__(BLOCK) solve_kernel(cpu::Args a, KArgs k, T* out, long long* stats) {
+  const FieldView<T> v = stage_field<T>(k, a.P);
+  const int tid = blockIdx.x * blockDim.x + threadIdx.x;
+  if (tid >= k.n_thr) return;
+  SolveCfg cfg;
+  cfg.rtol = a.rtol;
+  cfg.atol = a.atol;
+  cfg.max_steps = a.max_steps;
+  Scratch<T, WS> s;
+  Work<T> w;
+  w.bind(s.get(k, tid), a.D, k.K, k.A, k.G);
+  for (int b = tid; b < a.B; b += k.n_thr) {
+    Traj<T> tr = make_traj<T>(a, k.K, b, out, stats);
+    if (a.ck_cap > 0) {
+      DevRecord<T> rec = dev_record<T>(a, b);
+      solve_one<T>(v, cfg, tr, w, rec);
+      ptr<long long>(a.ck_n)[b] = rec.n;
+    } else {
+      NoRecord rec;
+      solve_one<T>(v, cfg, tr, w, rec);
+    }
+  }
+}
+
+// Discrete adjoint from the stored checkpoints. Trajectories whose checkpoints overflowed
+// (ck_n < 0) are skipped here (zero gradients); the Python side re-solves them with a larger
+// capacity and runs this kernel again on that subset.
+template <class T, int WS>
+__global__ void __launch_bounds__(BLOCK) adjoint_kernel(cpu::Args a, KArgs k, const T* g_out, T* partials, T* gy0,
+                                                        T* gev) {
+  const FieldView<T> v = stage_field<T>(k, a.P);
+  const int tid = blockIdx.x * blockDim.x + threadIdx.x;
+  if (tid >= k.n_thr) return;
+  T* my_gp = partials + (long long)tid * (a.P > 0 ? a.P : 1);
+  for (long long i = 0; i < a.P; ++i) my_gp[i] = T(0);
+  Scratch<T, WS> s;
+  Work<T> w;
+  w.bind(s.get(k, tid), a.D, k.K, k.A, k.G);
+  T dummy_ev[1];
+  for (int b = tid; b < a.B; b += k.n_thr) {
+    Traj<T> tr = make_traj<T>(a, k.K, b, nullptr, nullptr);
+    T* gev_b = a.E > 0 ? gev + (long long)b * a.E : dummy_ev;
+    T* gy0_b = gy0 + (long long)b * a.D;
+    const long long nck = a.ck_cap > 0 ? ptr<const long long>(a.ck_n)[b] : -1;
+    if (nck < 0) {
+      for (int d = 0; d < a.D; ++d) gy0_b[d] = T(0);
+      for (int e = 0; e < a.E; ++e) gev_b[e] = T(0);
+      continue;
+    }
+    const DevRecord<T> r = dev_record<T>(a, b);
+    adjoint_one<T>(v, tr, (int)nck, r.t, r.tn, r.y, r.jump, g_out + (long long)b * a.D, (long long)a.B * a.D, w, my_gp,
+                   gy0_b, gev_b);
+  }
+}
+
+// gp[i] = sum over threads t (in order) of partials[t, i]: deterministic second pass.
+template <class T>
+__global__ void reduce_partials_kernel(const T* __restrict__ partials, int n_rows, long long P, T* __restrict__ gp) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= P) return;
+  T s = T(0);
+  for (int r = 0; r < n_rows; ++r) s += partials[(long long)r * P + i];
+  gp[i] = s;
+}
+
+int bucket_for(long long wsz) {
+  if (wsz <= 1024) return 1024;
+  if (wsz <= 2048) return 2048;
+  return 0;
+}
+
+template <class T>
+KArgs prepare(const Args& x, cudaStream_t st, long long* smem_bytes) {
+  const cpu::Args& a = x.a;
+  const int* ints = ptr<const int>(a.ints);
+  check_spec(ints, a.n_ints, a.P, a.D);
+  // this module links its own (static) CUDA runtime: select the tensors' device in it
+  check(cudaSetDevice(x.device), "cudaSetDevice");
+  KArgs k;
+  k.ints = ptr<const int>(x.ints_dev);
+  k.n_ints = (int)a.n_ints;
+  k.params = ptr<const void>(a.params);
+  k.params_t = ptr<const void>(x.params_t);
+  k.A = acts_size(ints);
+  k.G = grad_scratch_size(ints);
+  k.K = ints[2];
+  k.wsz = Work<T>::size(a.D, k.K, k.A, k.G);
+  k.ws = ptr<void>(x.ws);
+  k.n_thr = x.n_thr;
+  if (k.n_thr < 1) throw std::runtime_error("hnode_fast cuda: n_thr must be >= 1");
+  if (bucket_for(k.wsz) == 0 && x.ws_elems < (long long)k.n_thr * k.wsz)
+    throw std::runtime_error("hnode_fast cuda: workspace too small (" + std::to_string(x.ws_elems) + " < " +
+                             std::to_string((long long)k.n_thr * k.wsz) + ")");
+  const long long smem = 2LL * a.P * (long long)sizeof(T) + a.n_ints * (long long)sizeof(int);
+  k.use_smem = smem <= SMEM_LIMIT ? 1 : 0;
+  *smem_bytes = k.use_smem ? smem : 0;
+  if (a.P > 0) {
+    const unsigned grid = (unsigned)((a.P + 255) / 256);
+    transpose_params_kernel<T><<<grid, 256, 0, st>>>(k.ints, ptr<const T>(a.params), ptr<T>(x.params_t), a.P);
+    check_launch("transpose_params_kernel");
+  }
+  return k;
+}
+
+template <class T>
+void solve_impl(const Args& x, std::uintptr_t out_p, std::uintptr_t stats_p) {
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(x.stream);
+  long long smem = 0;
+  const KArgs k = prepare<T>(x, st, &smem);
+  const unsigned grid = (unsigned)((k.n_thr + BLOCK - 1) / BLOCK);
+  T* out = ptr<T>(out_p);
+  long long* stats = ptr<long long>(stats_p);
+  switch (bucket_for(k.wsz)) {
+    case 1024: solve_kernel<T, 1024><<<grid, BLOCK, smem, st>>>(x.a, k, out, stats); break;
+    case 2048: solve_kernel<T, 2048><<<grid, BLOCK, smem, st>>>(x.a, k, out, stats); break;
+    default: solve_kernel<T, 0><<<grid, BLOCK, smem, st>>>(x.a, k, out, stats); break;
+  }
+  check_launch("solve_kernel");
+}
+
+template <class T>
+void backward_impl(const Args& x, std::uintptr_t g_out, std::uintptr_t gp, std::uintptr_t gy0, std::uintptr_t gev,
+                   std::uintptr_t partials) {
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(x.stream);
+  long long smem = 0;
+  const KArgs k = prepare<T>(x, st, &smem);
+  const unsigned grid = (unsigned)((k.n_thr + BLOCK - 1) / BLOCK);
+  const T* go = ptr<const T>(g_out);
+  T* part = ptr<T>(partials);
+  switch (bucket_for(k.wsz)) {
+    case 1024: adjoint_kernel<T, 1024><<<grid, BLOCK, smem, st>>>(x.a, k, go, part, ptr<T>(gy0), ptr<T>(gev)); break;
+    case 2048: adjoint_kernel<T, 2048><<<grid, BLOCK, smem, st>>>(x.a, k, go, part, ptr<T>(gy0), ptr<T>(gev)); break;
+    default: adjoint_kernel<T, 0><<<grid, BLOCK, smem, st>>>(x.a, k, go, part, ptr<T>(gy0), ptr<T>(gev)); break;
+  }
+  check_launch("adjoint_kernel");
+  if (x.a.P > 0) {
+    const unsigned g2 = (unsigned)((x.a.P + 255) / 256);
+    reduce_partials_kernel<T><<<g2, 256, 0, st>>>(part, k.n_thr, x.a.P, ptr<T>(gp));
+    check_launch("reduce_partials_kernel");
+  }
+}
+
+}  // namespace
+
+Plan plan(const int* ints, long long n_ints, long long P, int D, bool dbl) {
+  check_spec(ints, n_ints, P, D);
+  const int A = acts_size(ints), G = grad_scratch_size(ints), K = ints[2];
+  Plan p;
+  p.wsz = dbl ? Work<double>::size(D, K, A, G) : Work<float>::size(D, K, A, G);
+  p.bucket = bucket_for(p.wsz);
+  return p;
+}
+
+void solve(const Args& a, bool dbl, std::uintptr_t out, std::uintptr_t stats) {
+  if (dbl)
+    solve_impl<double>(a, out, stats);
+  else
+    solve_impl<float>(a, out, stats);
+}
+
+void backward(const Args& a, bool dbl, std::uintptr_t g_out, std::uintptr_t gp, std::uintptr_t gy0,
+              std::uintptr_t gev, std::uintptr_t partials) {
+  if (dbl)
+    backward_impl<double>(a, g_out, gp, gy0, gev, partials);
+  else
+    backward_impl<float>(a, g_out, gp, gy0, gev, partials);
+}
+
+}  // namespace cuda
+}  // namespace hnode
