@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import platform
-from typing import Any, Dict, List
+from types import ModuleType
+from typing import Any, Dict, List, Optional
 
 from ._version import __version__
 
@@ -21,7 +22,7 @@ _BUILD_HINT = (
 
 
 
-def _load_installed_extension():
+def _load_installed_extension() -> Optional[ModuleType]:
     """Load ``_C`` from the *installed* distribution when this module comes from a source
     checkout that has no compiled module (e.g. ``python -m pytest`` run from the repo root
     puts the checkout ahead of site-packages). Only a distribution with the same version is
@@ -57,6 +58,7 @@ def _load_installed_extension():
     return None
 
 
+_C: Optional[ModuleType]  # the compiled module, or None when it is missing
 try:
     from . import _C  # noqa: F401  (compiled module)
 except ImportError as _exc:
@@ -69,7 +71,7 @@ else:
     _IMPORT_ERROR = None
 
 
-def _lib():
+def _lib() -> Any:
     """Return the compiled module, or raise ImportError explaining how to build it."""
     if _C is None:
         raise ImportError(f"{_BUILD_HINT} (original error: {_IMPORT_ERROR})") from _IMPORT_ERROR

@@ -21,7 +21,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = ("usage: hnode-fast {demo,bench,info} [options]\n"
              "  demo   fit mechanistic / black-box / sparse hybrid models to Theoph (--quick, --json)\n"
-             "  bench  quick speed table against torchdiffeq/torchode (--out DIR)\n"
+             "  bench  speed vs torchdiffeq/torchode: Markdown/CSV/JSON table + PNG plot, machine record\n"
+             "         (--problems, --batches, --modes, --full, --threads, --device, --out DIR; see bench -h)\n"
              "  info   what was compiled (hf.build_info()) and which backends are usable")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)

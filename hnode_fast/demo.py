@@ -12,7 +12,7 @@ import argparse
 import json
 import math
 import time
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, TypedDict
 
 import torch
 
@@ -22,6 +22,14 @@ from .fields import HybridField, Linear, MaskedMLP, MechanisticGraph
 from .train import Observe, evaluate, fit
 
 STATE_NAMES = ["depot", "central"]
+
+
+class _Tolerances(TypedDict):
+    """Solver settings shared by every fit/evaluate call of the demo."""
+
+    rtol: float
+    atol: float
+    backend: str
 
 
 def one_compartment(dtype=torch.float64, ka=1.5, ke=0.08) -> MechanisticGraph:
@@ -45,7 +53,7 @@ def count_nonzero(field: HybridField, observe) -> int:
 
 
 def run(quick: bool = True, seed: int = 0, plot: str = "hnode_demo.png", progress: bool = True,
-        backend: str = "auto", epochs: Optional[Dict[str, int]] = None) -> Dict[str, object]:
+        backend: str = "auto", epochs: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
     """Fit the three models; returns ``{"table": {model: metrics}, "plot", "train_ids", "test_ids"}``.
 
     ``epochs`` overrides the schedule (keys ``mech, bb, hyb, retrain``)."""
@@ -56,7 +64,7 @@ def run(quick: bool = True, seed: int = 0, plot: str = "hnode_demo.png", progres
     ep = {"mech": 400, "bb": 300, "hyb": 300, "retrain": 150} if quick else \
         {"mech": 800, "bb": 1500, "hyb": 1000, "retrain": 500}
     ep.update(epochs or {})
-    tol = dict(rtol=1e-5, atol=1e-7, backend=backend)
+    tol = _Tolerances(rtol=1e-5, atol=1e-7, backend=backend)
     rows = {}
     fields = {}
 
@@ -122,7 +130,8 @@ def _plot(path, fields, test, tol):
                 s = test[b]
                 from .events import Events
                 from .solve import odeint
-                ev = Events(times=[s.dose_times.tolist()], states=[s.dose_states.tolist()],
+                ev = Events(times=torch.tensor([s.dose_times.tolist()], dtype=torch.float64),
+                            states=torch.tensor([s.dose_states.tolist()]),
                             amounts=torch.tensor([s.dose_amounts.tolist()], dtype=torch.float64))
                 y = odeint(f, torch.zeros(1, 2, dtype=torch.float64), dense, events=ev, **tol)
                 axes[b].plot(dense.numpy(), o(y)[:, 0, 0].numpy(), label=name)

@@ -33,7 +33,7 @@ Example::
 from __future__ import annotations
 
 from collections import deque
-from typing import Dict, Iterable, List, Sequence, Set, Tuple, Union
+from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 
@@ -80,10 +80,10 @@ def _check_nodes(xs, n: int, name: str) -> List[int]:
     return [_check_node(x, n, name) for x in xs]
 
 
-def _check_edges(edges, n: int, name: str = "edges", n_src: int = None) -> List[Edge]:
+def _check_edges(edges, n: int, name: str = "edges", n_src: Optional[int] = None) -> List[Edge]:
     """Validate an iterable of ``(u, v)`` pairs; return them as a sorted, de-duplicated list."""
     n_src = n if n_src is None else n_src
-    out = set()
+    out: Set[Edge] = set()
     for e in edges:
         try:
             u, v = e
@@ -102,9 +102,9 @@ def _adjacency(n: int, edges: Iterable[Edge]) -> Tuple[List[List[int]], List[Lis
     return succ, pred
 
 
-def _bfs(starts: Iterable[int], adj: List[List[int]], allowed: Set[int] = None) -> Set[int]:
-    seen = set()
-    queue = deque()
+def _bfs(starts: Iterable[int], adj: List[List[int]], allowed: Optional[Set[int]] = None) -> Set[int]:
+    seen: Set[int] = set()
+    queue: Deque[int] = deque()
     for s in starts:
         if s not in seen and (allowed is None or s in allowed):
             seen.add(s)
@@ -432,12 +432,15 @@ def block_masks(n_states: int, edges: Iterable[Edge], hidden_per_state: Union[in
     K = _check_n(n_inputs, "n_inputs")
     if D < 1:
         raise ValueError(f"n_states must be >= 1, got {D}")
-    if hasattr(hidden_per_state, "__index__"):
-        hidden_per_state = (hidden_per_state,)
+    per_layer: Iterable[Any]  # elements are validated below
+    if isinstance(hidden_per_state, int) or hasattr(hidden_per_state, "__index__"):
+        per_layer = (hidden_per_state,)
+    else:
+        per_layer = hidden_per_state
     hs = []
-    for h in hidden_per_state:
+    for h in per_layer:
         if isinstance(h, bool) or not hasattr(h, "__index__") or int(h) < 1:
-            raise ValueError(f"hidden_per_state must be positive integers, got {tuple(hidden_per_state)!r}")
+            raise ValueError(f"hidden_per_state must be positive integers, got {tuple(per_layer)!r}")
         hs.append(int(h))
     edges = _check_edges(edges, D, "edges")
     input_edges = list(input_edges)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from dataclasses import field as dc_field
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -37,13 +38,59 @@ class Problem:
     max_steps: int
     events: Optional[Events]
     inputs: Optional[Inputs]
+    # Under torch.compile: the data-dependent checks of ``_validate`` as ``(0-dim bool tensor,
+    # ValueError message)`` pairs, computed in the graph instead of branched on while tracing.
+    # The cpu backend hands them to its op (which raises); other backends call ``run_checks()``.
+    checks: List[Tuple[torch.Tensor, str]] = dc_field(default_factory=list)
+
+    def run_checks(self) -> None:
+        """Raise ``ValueError`` for the first failed deferred check (graph-breaks under compile)."""
+        checks, self.checks = self.checks, []
+        for ok, msg in checks:
+            if not bool(ok):
+                raise ValueError(msg)
 
 
-def _check_finite_params(func) -> None:
+def _check_finite_params(func, deferred: Optional[list] = None) -> None:
     if isinstance(func, torch.nn.Module):
         for name, p in func.named_parameters():
-            if not torch.isfinite(p.detach()).all():
+            if deferred is not None:
+                deferred.append((torch.isfinite(p.detach()).all(), f"parameter {name!r} of func contains NaN or inf"))
+            elif not torch.isfinite(p.detach()).all():
                 raise ValueError(f"parameter {name!r} of func contains NaN or inf")
+
+
+def _traced_inputs(inputs: Inputs, B: int, K: int) -> Inputs:
+    """``Inputs.validate`` under torch.compile: the same checks (shapes only), and the broadcast
+    copy made without re-running the constructor's (data-dependent, already passed) checks."""
+    if inputs.times.shape[0] == 1 and B > 1:
+        new = object.__new__(Inputs)
+        new.times = inputs.times.expand(B, -1)
+        new.values = inputs.values.expand(B, -1, -1)
+        inputs = new
+    if inputs.times.shape[0] != B:
+        raise ValueError(f"inputs have {inputs.times.shape[0]} rows but the batch has {B} trajectories")
+    if inputs.values.shape[2] != K:
+        raise ValueError(f"inputs.values has {inputs.values.shape[2]} inputs but the field expects K={K}")
+    return inputs
+
+
+def _traced_events(events: Events, B: int, D: int, t0: torch.Tensor, deferred: list) -> Events:
+    """``Events.validate`` under torch.compile: the range checks become deferred graph checks."""
+    if events.times.shape[0] == 1 and B > 1:
+        new = object.__new__(Events)
+        new.times = events.times.expand(B, -1)
+        new.states = events.states.expand(B, -1)
+        new.amounts = events.amounts.expand(B, -1)
+        events = new
+    if events.times.shape[0] != B:
+        raise ValueError(f"events have {events.times.shape[0]} rows but the batch has {B} trajectories")
+    real = torch.isfinite(events.times)
+    deferred.append((~(((events.states < 0) | (events.states >= D)) & real).any(),
+                     f"events.states must be state indices in [0, {D})"))
+    deferred.append((~((events.times < t0.to(events.times.device)[:, None]) & real).any(),
+                     "events.times must not be earlier than the trajectory's first time"))
+    return events
 
 
 def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, events, inputs, max_steps) -> Problem:
@@ -75,7 +122,13 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
         raise ValueError(f"y0 must be float32 or float64, got {y0.dtype}")
     if y0.dim() not in (1, 2) or y0.shape[-1] == 0:
         raise ValueError(f"y0 must have shape (B, D) or (D,), got {tuple(y0.shape)}")
-    if not torch.isfinite(y0.detach()).all():
+    # Data-dependent checks: raised here when eager; under torch.compile they become graph
+    # computations (``deferred``) that the backend evaluates at run time, so nothing is branched
+    # on while tracing and the solve stays one graph.
+    deferred: Optional[list] = [] if torch.compiler.is_compiling() else None
+    if deferred is not None:
+        deferred.append((torch.isfinite(y0.detach()).all(), "y0 contains NaN or inf"))
+    elif not torch.isfinite(y0.detach()).all():
         raise ValueError("y0 contains NaN or inf")
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(t)
@@ -86,10 +139,16 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
     if t.device != y0.device:
         raise ValueError(f"t is on {t.device} but y0 is on {y0.device}")
     tt = t.detach().to(torch.float64)
-    if not torch.isfinite(tt).all():
-        raise ValueError("t contains NaN or inf")
-    if tt.shape[-1] > 1 and not (tt[..., 1:] > tt[..., :-1]).all():
-        raise ValueError("t must be strictly increasing (backward-in-time solves are not supported)")
+    msg_inc = "t must be strictly increasing (backward-in-time solves are not supported)"
+    if deferred is not None:
+        deferred.append((torch.isfinite(tt).all(), "t contains NaN or inf"))
+        if tt.shape[-1] > 1:
+            deferred.append(((tt[..., 1:] > tt[..., :-1]).all(), msg_inc))
+    else:
+        if not torch.isfinite(tt).all():
+            raise ValueError("t contains NaN or inf")
+        if tt.shape[-1] > 1 and not (tt[..., 1:] > tt[..., :-1]).all():
+            raise ValueError(msg_inc)
     squeeze = y0.dim() == 1 and tt.dim() == 1
     D = y0.shape[-1]
     B = y0.shape[0] if y0.dim() == 2 else (tt.shape[0] if tt.dim() == 2 else 1)
@@ -100,10 +159,14 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
         out_t = tt.contiguous()
     else:
         out_t = tt.reshape(1, -1).expand(B, -1).contiguous()
-    if step_mode == "shared" and not bool((out_t == out_t[:1]).all()):
-        raise ValueError("step_mode='shared' needs one time grid t shared by all trajectories")
+    if step_mode == "shared":
+        msg_sh = "step_mode='shared' needs one time grid t shared by all trajectories"
+        if deferred is not None:
+            deferred.append(((out_t == out_t[:1]).all(), msg_sh))
+        elif not bool((out_t == out_t[:1]).all()):
+            raise ValueError(msg_sh)
     field_like = isinstance(func, HybridField)
-    _check_finite_params(func)
+    _check_finite_params(func, deferred)
     if field_like:
         if D != func.n_states:
             raise ValueError(f"y0 has {D} states but the field has D={func.n_states}")
@@ -122,13 +185,17 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
             raise ValueError("inputs must be an hf.Inputs")
         if not field_like:
             raise ValueError("inputs are only supported for hf.HybridField funcs")
-        inputs = inputs.validate(B, func.n_inputs)
+        inputs = inputs.validate(B, func.n_inputs) if deferred is None else _traced_inputs(inputs, B, func.n_inputs)
     if events is not None:
         if not isinstance(events, Events):
             raise ValueError("events must be an hf.Events")
-        events = events.validate(B, D, out_t[:, 0])
+        if deferred is None:
+            events = events.validate(B, D, out_t[:, 0])
+        else:
+            events = _traced_events(events, B, D, out_t[:, 0], deferred)
     return Problem(func=func, field_like=field_like, y0=y, out_t=out_t, squeeze=squeeze, rtol=rtol, atol=atol,
-                   step_mode=step_mode, adjoint=adjoint, max_steps=max_steps, events=events, inputs=inputs)
+                   step_mode=step_mode, adjoint=adjoint, max_steps=max_steps, events=events, inputs=inputs,
+                   checks=deferred if deferred is not None else [])
 
 
 def odeint(func, y0, t, rtol: float = 1e-6, atol: float = 1e-8, method: str = "dopri5",
@@ -158,6 +225,10 @@ def odeint(func, y0, t, rtol: float = 1e-6, atol: float = 1e-8, method: str = "d
     Returns:
         ``y`` of shape ``(T, B, D)`` (``(T, D)`` for ``(D,)`` y0 and ``(T,)`` t), or ``(y, stats)``.
         A trajectory that fails (status != 0) has NaN outputs after its failure.
+
+    Under ``torch.compile`` with ``backend="cpu"`` (or ``"auto"`` resolving to it) the whole call
+    traces into one graph; the checks on data (NaN/inf, increasing ``t``, event ranges) then run
+    inside the graph and the op raises the same ``ValueError``. See docs/compile.md.
     """
     from .backends import dispatch
 

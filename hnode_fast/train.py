@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -33,6 +33,8 @@ class Observe(nn.Module):
     amount to a concentration. ``scale`` gives the initial values.
     """
 
+    idx: torch.Tensor  # long buffer (n_obs,)
+
     def __init__(self, idx: Sequence[int], scale=1.0, learn_scale: bool = True, dtype=None):
         super().__init__()
         self.register_buffer("idx", torch.as_tensor(list(idx), dtype=torch.long))
@@ -48,7 +50,8 @@ class Observe(nn.Module):
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did: per-epoch history, best epoch, timings and solver effort."""
+    """What :func:`fit` did: per-epoch history, best epoch, timings and solver effort, and the
+    trained observation model (``observe``)."""
 
     history: List[Dict[str, float]] = dc_field(default_factory=list)
     best_epoch: int = -1
@@ -56,9 +59,10 @@ class FitResult:
     seconds: float = 0.0
     nfe_per_solve: float = 0.0
     stopped_early: bool = False
+    observe: Optional[nn.Module] = dc_field(default=None, repr=False, compare=False)
 
 
-def _problem(data: LongitudinalDataset, dtype, device):
+def _problem(data: LongitudinalDataset, dtype, device) -> Dict[str, Any]:
     b = data.batch(dtype=torch.float64)
     ev = Events(times=b["event_times"], states=b["event_states"], amounts=b["event_amounts"].to(dtype))
     return {"t": b["t"].to(device), "y": b["y"].to(dtype=dtype, device=device), "mask": b["obs_mask"].to(device),
@@ -118,6 +122,8 @@ def regularization(field: HybridField, reg: Dict[str, float]) -> torch.Tensor:
         elif k == "cnode":
             total = total + lam * sp.cnode_path_l1(field)
         elif k == "l0":
+            if field.nn is None:
+                raise ValueError("reg['l0'] needs a field with a network (nn) built with gates='l0'")
             total = total + lam * field.nn.l0_penalty()
     return total
 
@@ -268,7 +274,7 @@ def select_regularization(make: Callable[[], tuple], data: LongitudinalDataset, 
                     **fit_kwargs)
             errs.append(r.best_val)
         scores[float(v)] = sum(errs) / len(errs)
-    best = min(scores, key=scores.get)
+    best = min(scores, key=scores.__getitem__)
     return best, scores
 
 

@@ -5,6 +5,8 @@ for one that is not built raises instead of falling back silently.
 """
 from __future__ import annotations
 
+from typing import Dict, Tuple
+
 from . import reference as _reference
 
 _BUILT = {"reference": _reference.solve}
@@ -15,7 +17,7 @@ def available() -> list:
     return sorted(_BUILT)
 
 
-_ADJOINTS = {"reference": ("discrete", "backsolve")}
+_ADJOINTS: Dict[str, Tuple[str, ...]] = {"reference": ("discrete", "backsolve")}
 
 from . import cpu as _cpu  # noqa: E402
 
@@ -35,7 +37,7 @@ from . import triton as _triton  # noqa: E402  (imports triton lazily, on first 
 
 if _triton.has_triton():
     _BUILT["triton"] = _triton.solve  # never picked by "auto"
-    _ADJOINTS["triton"] = ("discrete",)
+    _ADJOINTS["triton"] = ("discrete", "backsolve")
 
 
 def supports(backend: str, adjoint: str = "discrete") -> bool:
@@ -55,4 +57,6 @@ def dispatch(prob, backend: str):
         raise NotImplementedError(
             f"backend={backend!r} is not available in this build (available: {available()}); "
             "see hf.build_info()")
+    if backend != "cpu" and prob.checks:
+        prob.run_checks()  # only the cpu op takes deferred (torch.compile) checks; the others branch here
     return _BUILT[backend](prob)

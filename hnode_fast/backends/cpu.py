@@ -5,8 +5,11 @@ Two ``torch.library`` custom ops (with fake implementations, so they trace under
 ``torch.compile``):
 
 * ``hnode_fast::cpu_solve(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
-  rtol, atol, max_steps, n_threads) -> (y (T, B, D), stats (B, 4) int64)``; stats columns are
-  ``[n_steps, n_rejected, nfe, status]``.
+  rtol, atol, max_steps, n_threads, ckpt_cap=0, checks=None, check_msgs="") -> (y (T, B, D),
+  stats (B, 4) int64, <checkpoints>)``; stats columns are ``[n_steps, n_rejected, nfe, status]``.
+  ``n_threads=0``: torch's thread count when the op runs. ``checks`` (bool ``(N,)``) and
+  ``check_msgs`` (N lines): ``hf.odeint``'s data-dependent validation computed inside a
+  ``torch.compile`` graph; the op raises ``ValueError(<line i>)`` for the first false entry.
 * ``hnode_fast::cpu_solve_backward(grad_y, <same inputs>) -> (grad_params (P,), grad_y0 (B, D),
   grad_ev_a (B, E))``: the discrete adjoint. It re-runs the (deterministic) forward solve
   recording the accepted steps, then does the reverse pass (recomputed stages, VJP through the
@@ -19,6 +22,9 @@ Two ``torch.library`` custom ops (with fake implementations, so they trace under
   backwards from the final states by the same adaptive DP5; O(1) memory, gradient of the exact
   ODE solution to the solver tolerance. Used by ``adjoint="backsolve"`` (``_Backsolve``).
 
+``solve`` under ``torch.compile`` traces into one graph with the op (docs/compile.md): the FieldSpec
+structure is a graph constant (``_traced_structure``), its parameters are gathered by traced ops.
+
 Gradients reach the field's parameters through ``field.compile()`` (differentiable), ``y0``
 and (discrete adjoint only) ``events.amounts``. Supported: ``hf.HybridField`` funcs,
 ``step_mode="per_sample"``, ``adjoint="discrete"`` or ``"backsolve"``; anything else raises
@@ -26,13 +32,15 @@ and (discrete adjoint only) ``events.amounts``. Supported: ``hf.HybridField`` fu
 """
 from __future__ import annotations
 
+import sys
 import warnings
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _native
+from ..fields.spec import FieldSpec, SpecStructure, gather_params, spec_structure, structure_matches
 from ..reference.engine import Stats
 from ..reference.problem import build_stops
 
@@ -62,7 +70,7 @@ def _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, at
                 stops=stops.data_ptr(), S=stops.shape[1], ev_t=ev_t.data_ptr(), ev_s=ev_s.data_ptr(),
                 ev_a=ev_a.data_ptr(), E=ev_t.shape[1], in_t=in_t.data_ptr(), in_v=in_v.data_ptr(),
                 J=in_t.shape[1], rtol=float(rtol), atol=float(atol), max_steps=int(max_steps),
-                n_threads=int(n_threads))
+                n_threads=int(n_threads) if n_threads > 0 else torch.get_num_threads())  # 0: torch's current count
 
 
 def _ck_args(ck_t, ck_tn, ck_y, ck_jump, ck_n):
@@ -109,8 +117,21 @@ def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_ste
     need(max_steps >= 1, "max_steps must be >= 1")
 
 
+def _raise_failed_checks(checks: Optional[Tensor], check_msgs: str) -> None:
+    """``checks``: bool ``(N,)`` computed in the (compiled) graph by ``hf.odeint``'s validation;
+    ``check_msgs``: their N messages, one per line. Raises ``ValueError`` with the first failed one."""
+    if checks is None or checks.numel() == 0:
+        return
+    bad = torch.nonzero(~checks.reshape(-1).to(torch.bool))
+    if bad.numel():
+        msgs = check_msgs.split("\n")
+        i = int(bad[0, 0])
+        raise ValueError(msgs[i] if i < len(msgs) else "hf.odeint: invalid input")
+
+
 def _cpu_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads,
-                    ckpt_cap=0):
+                    ckpt_cap=0, checks=None, check_msgs=""):
+    _raise_failed_checks(checks, check_msgs)
     _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
     ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _contig(
         ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
@@ -129,14 +150,15 @@ def _cpu_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v
 @torch.library.custom_op("hnode_fast::cpu_solve", mutates_args=())
 def cpu_solve(ints: Tensor, params: Tensor, y0: Tensor, out_t: Tensor, stops: Tensor, ev_t: Tensor,
               ev_s: Tensor, ev_a: Tensor, in_t: Tensor, in_v: Tensor, rtol: float, atol: float,
-              max_steps: int, n_threads: int, ckpt_cap: int = 0
-              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+              max_steps: int, n_threads: int, ckpt_cap: int = 0, checks: Optional[Tensor] = None,
+              check_msgs: str = "") -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _cpu_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps,
-                           n_threads, ckpt_cap)
+                           n_threads, ckpt_cap, checks, check_msgs)
 
 
 @cpu_solve.register_fake
-def _(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, ckpt_cap=0):
+def _(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, ckpt_cap=0,
+      checks=None, check_msgs=""):
     B, D = y0.shape
     return (y0.new_empty(out_t.shape[1], B, D), y0.new_empty(B, 4, dtype=torch.int64)) + \
         _ck_empty(B, D, max(int(ckpt_cap), 0), y0.dtype, like=y0)
@@ -190,7 +212,7 @@ def _backward(ctx, grad_y, *unused):
         grad_y = torch.zeros(out_t.shape[1], y0.shape[0], y0.shape[1], dtype=y0.dtype)
     gp, gy0, gev = torch.ops.hnode_fast.cpu_solve_backward(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s,
                                                            ev_a, in_t, in_v, *ctx.scalars, *saved[10:])
-    return (None, gp, gy0, None, None, None, None, gev, None, None, None, None, None, None, None)
+    return (None, gp, gy0, None, None, None, None, gev) + (None,) * 9
 
 
 cpu_solve.register_autograd(_backward, setup_context=_setup_context)
@@ -236,9 +258,9 @@ class _Backsolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps,
-                n_threads):
+                n_threads, checks=None, check_msgs=""):
         y, st = torch.ops.hnode_fast.cpu_solve(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
-                                               rtol, atol, max_steps, n_threads, 0)[:2]
+                                               rtol, atol, max_steps, n_threads, 0, checks, check_msgs)[:2]
         ctx.save_for_backward(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y)
         ctx.scalars = (rtol, atol, max_steps, n_threads)
         ctx.mark_non_differentiable(st)
@@ -254,7 +276,7 @@ class _Backsolve(torch.autograd.Function):
             warnings.warn("backsolve adjoint: the backward solve failed for some trajectories "
                           f"(status {bst[:, 3].tolist()}); their gradients are NaN", RuntimeWarning)
         return ((None, gp if ctx.needs_input_grad[1] else None, gy0 if ctx.needs_input_grad[2] else None)
-                + (None,) * 11)
+                + (None,) * 13)
 
 
 def problem_tensors(prob, spec):
@@ -283,28 +305,114 @@ def problem_tensors(prob, spec):
         in_v = inp.values.detach().to(dtype).contiguous()
     else:
         in_t = torch.zeros(B, 0, dtype=torch.float64)
-        in_v = torch.zeros(B, 0, max(spec.n_inputs, 0), dtype=dtype)
+        in_v = torch.zeros(B, 0, max(prob.func.n_inputs if prob.field_like else spec.n_inputs, 0), dtype=dtype)
     return out_t, stops, ev_t, ev_s, ev_a, in_t, in_v
 
 
-def _spec_for(field):
-    """``field.compile()``, cached while no gradient is needed and no parameter/buffer changed
-    (key: identity and version counter of every parameter and buffer)."""
+def _structure_refs(field) -> List[Tensor]:
+    """The tensors a field's :class:`SpecStructure` is built from (masks, term mask)."""
+    refs: List[Tensor] = list(field.nn.masks) if field.nn is not None else []
+    if field.mech is not None:
+        refs.append(field.mech.term_mask)
+    return refs
+
+
+def _structure_for(field) -> SpecStructure:
+    """The field's :class:`SpecStructure` built from its masks only (see ``spec_structure``),
+    cached on the field while the masks and the term mask are the same tensors at the same
+    version (``set_mask``, ``set_term_mask``, ``load_state_dict`` and ``.to`` invalidate it)."""
+    refs = _structure_refs(field)
+    ref = field.nn.layers[0].weight if field.nn is not None else (field.mech.params if field.mech is not None else None)
+    cfg = (field.n_states, field.n_inputs, field.nn_uses_inputs,
+           None if ref is None else (ref.dtype, ref.device),
+           None if field.mech is None else (id(field.mech.terms), len(field.mech.terms)))
+    cache = field.__dict__.get("_hnode_structure_cache")
+    if (cache is not None and cache[0] == cfg and len(cache[1]) == len(refs)
+            and all(a is b and a._version == v for a, b, v in zip(cache[1], refs, cache[2]))):
+        return cache[3]
+    st = spec_structure(field.mech, field.nn, field.n_states, field.n_inputs, field.nn_uses_inputs)
+    object.__setattr__(field, "_hnode_structure_cache", (cfg, tuple(refs), tuple(r._version for r in refs), st))
+    return st
+
+
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing torch._dynamo (and with it
+    triton) when hnode_fast is imported: the decorator only sets this attribute. The fullgraph
+    tests (tests/test_ecosystem.py) fail if a torch release changes that."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
+def _traced_structure(field, versions) -> SpecStructure:
+    # Run while torch.compile traces (on the real module); the result is a constant of the graph
+    # (int tables, index tensors). ``versions`` (bumped by set_mask / set_term_mask) are read in the
+    # traced code, so Dynamo guards on them and recompiles after a change through those methods;
+    # the graph also checks that the masks still match (``structure_matches``) and the op raises if
+    # they were changed some other way.
+    return _structure_for(field)
+
+
+def _structure_versions(field) -> Tuple[int, int]:
+    return (getattr(field.nn, "_hnode_structure_version", 0) if field.nn is not None else 0,
+            getattr(field.mech, "_hnode_structure_version", 0) if field.mech is not None else 0)
+
+
+_STRUCTURE_CHANGED = ("the field's masks or term mask changed after torch.compile traced this function (its sparsity "
+                      "structure is a constant of the compiled graph): call torch.compiler.reset() and compile again")
+
+
+def _spec_for(field, checks: Optional[list] = None) -> FieldSpec:
+    """The field's :class:`FieldSpec` (``field.compile()``), differentiable when a gradient is needed.
+
+    Eager: the int tables are cached per mask/term-mask version (:func:`_structure_for`) and the
+    parameter vector is gathered from the current values each call; with no gradient needed the
+    whole spec is also cached while no parameter or buffer changed. L0-gated networks
+    (structure depends on which gates are exactly 0) are compiled afresh when a gradient is needed.
+
+    Under ``torch.compile`` the structure (masks only) is a constant of the graph and only the
+    gather is traced; a check that the masks are unchanged is appended to ``checks`` (raised by the
+    op) or, if ``checks`` is None, evaluated here.
+    """
+    if torch.compiler.is_compiling():
+        mlp = field.nn
+        st = _traced_structure(field, _structure_versions(field))
+        ok = structure_matches(st, field.mech, mlp)
+        if checks is not None:
+            checks.append((ok, _STRUCTURE_CHANGED))
+        elif not bool(ok):
+            raise RuntimeError(_STRUCTURE_CHANGED)
+        return FieldSpec(st.ints, gather_params(st, field.mech, mlp))
     tensors = list(field.parameters()) + list(field.buffers())
-    need_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tensors)
-    if need_grad:
-        return field.compile()
+    if torch.is_grad_enabled() and any(p.requires_grad for p in tensors):
+        mlp = field.nn
+        if mlp is not None and mlp.gates is not None:
+            return field.compile()
+        st = _structure_for(field)
+        return FieldSpec(st.ints, gather_params(st, field.mech, mlp))
     key = tuple((id(p), p._version, p.dtype) for p in tensors)
-    cache = getattr(field, "_hnode_cpu_spec_cache", None)
-    if cache is not None and cache[0] == key:
+    cache = field.__dict__.get("_hnode_cpu_spec_cache")
+    if cache is not None and cache[0] == key:  # cache[2] keeps the keyed tensors alive: ids not reused
         return cache[1]
-    spec = field.compile().detach()
-    object.__setattr__(field, "_hnode_cpu_spec_cache", (key, spec))
+    mlp = field.nn
+    if mlp is not None and mlp.gates is not None:
+        spec = field.compile().detach()
+    else:
+        st = _structure_for(field)
+        spec = FieldSpec(st.ints, gather_params(st, field.mech, mlp).detach())
+    object.__setattr__(field, "_hnode_cpu_spec_cache", (key, spec, tuple(tensors)))
     return spec
 
 
 def solve(prob):
-    """``Problem -> (y (T, B, D), Stats)`` on the CPU kernels."""
+    """``Problem -> (y (T, B, D), Stats)`` on the CPU kernels.
+
+    Under ``torch.compile`` the checks ``hf.odeint`` could not evaluate while tracing
+    (``prob.checks``: NaN/inf in y0, t or parameters, t not increasing, masks changed ...) are
+    computed in the graph and passed to the op, which raises ``ValueError`` before solving.
+    """
     if not prob.field_like:
         raise NotImplementedError("backend='cpu' solves hf.HybridField funcs only; use backend='reference' "
                                   "for plain callables")
@@ -318,24 +426,31 @@ def solve(prob):
     if prob.y0.device.type != "cpu":
         raise ValueError(f"backend='cpu' needs CPU tensors, y0 is on {prob.y0.device}")
     _lib()
-    spec = _spec_for(prob.func)
+    compiling = torch.compiler.is_compiling()
+    checks = prob.checks if compiling else None
+    spec = _spec_for(prob.func, checks)
     params = spec.params
     if params.dtype != prob.y0.dtype:
         params = params.to(prob.y0.dtype)
     out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = problem_tensors(prob, spec)
     args = (spec.ints, params, prob.y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, prob.rtol, prob.atol,
-            prob.max_steps, torch.get_num_threads())
+            prob.max_steps, 0 if compiling else torch.get_num_threads())  # 0: the op reads it at run time
+    chk, msgs = None, ""
+    if checks:
+        chk = torch.stack([c.reshape(()).to(device="cpu", dtype=torch.bool) for c, _ in checks])
+        msgs = "\n".join(m.replace("\n", " ") for _, m in checks)
+        prob.checks = []
     needs_graph = torch.is_grad_enabled() and (params.requires_grad or prob.y0.requires_grad or ev_a.requires_grad)
     if prob.adjoint == "backsolve" and needs_graph:
         # continuous adjoint: no checkpoints, O(1) memory in the number of steps
-        y, st = _Backsolve.apply(*args)
-    elif needs_graph or torch.compiler.is_compiling():
+        y, st = _Backsolve.apply(*args, chk, msgs)
+    elif needs_graph or compiling:
         # store up to ``cap`` accepted steps per trajectory for the backward (those that do
         # not fit are re-solved there); at most ~64 MiB of checkpoints
         B, D = prob.y0.shape
         per = B * (D * prob.y0.element_size() + 17)
         cap = int(min(prob.max_steps, 128, max(8, (64 << 20) // max(per, 1))))
-        y, st = torch.ops.hnode_fast.cpu_solve(*args, cap)[:2]
+        y, st = torch.ops.hnode_fast.cpu_solve(*args, cap, chk, msgs)[:2]
     else:  # nothing to differentiate and not tracing: skip the dispatcher (tens of us per call)
         y, st = _cpu_solve_impl(*args)[:2]
     stats = Stats(n_steps=st[:, 0], n_rejected=st[:, 1], nfe=st[:, 2], status=st[:, 3], step_times=None)

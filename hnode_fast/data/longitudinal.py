@@ -31,12 +31,26 @@ import io
 import math
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, TypedDict
 
 import numpy as np
 import torch
 
 __all__ = ["Subject", "LongitudinalDataset", "load_theoph", "load_indometh", "load_phenobarb", "read_csv"]
+
+
+class Batch(TypedDict):
+    """What :meth:`LongitudinalDataset.batch` returns (a plain ``dict`` at runtime)."""
+
+    t: torch.Tensor
+    y: torch.Tensor
+    obs_mask: torch.Tensor
+    valid: torch.Tensor
+    y0_time: torch.Tensor
+    event_times: torch.Tensor
+    event_states: torch.Tensor
+    event_amounts: torch.Tensor
+    ids: List[str]
 
 
 @dataclass
@@ -272,7 +286,7 @@ class LongitudinalDataset:
 
     # ------------------------------------------------------------------ batching
     def batch(self, subject_indices=None, dtype: torch.dtype = torch.float64, device=None,
-              pad_step: float = 1e-3) -> Dict[str, object]:
+              pad_step: float = 1e-3) -> Batch:
         """Pad subjects into solver-ready tensors.
 
         Per subject ``b`` the time grid is its observation times, preceded by its start time
@@ -408,9 +422,9 @@ def load_theoph(units: str = "per_kg") -> LongitudinalDataset:
         amount = dose if units == "per_kg" else dose * wt
         subjects.append(Subject(
             id=sid,
-            times=[_float(c["Time"][r]) for r in rows],
-            obs=[[_float(c["conc"][r])] for r in rows],
-            dose_times=[0.0], dose_amounts=[amount], dose_states=[0],
+            times=np.array([_float(c["Time"][r]) for r in rows]),
+            obs=np.array([[_float(c["conc"][r])] for r in rows]),
+            dose_times=np.array([0.0]), dose_amounts=np.array([amount]), dose_states=np.array([0]),
             covariates={"Wt": wt, "Dose": dose},
         ))
     scale = ("conc (mg/L) = central / V; states in mg/kg body weight, V in L/kg" if units == "per_kg"
@@ -437,9 +451,9 @@ def load_indometh(dose_mg: float = 25.0) -> LongitudinalDataset:
     if not (math.isfinite(dose_mg) and dose_mg > 0):
         raise ValueError(f"dose_mg must be positive, got {dose_mg}")
     c = read_csv("indometh.csv")
-    subjects = [Subject(id=sid, times=[_float(c["time"][r]) for r in rows],
-                        obs=[[_float(c["conc"][r])] for r in rows],
-                        dose_times=[0.0], dose_amounts=[dose_mg], dose_states=[0])
+    subjects = [Subject(id=sid, times=np.array([_float(c["time"][r]) for r in rows]),
+                        obs=np.array([[_float(c["conc"][r])] for r in rows]),
+                        dose_times=np.array([0.0]), dose_amounts=np.array([dose_mg]), dose_states=np.array([0]))
                 for sid, rows in _group(c["Subject"]).items()]
     return LongitudinalDataset(subjects, ["central", "peripheral"], ["central"],
                                obs_scale="conc (mcg/mL = mg/L) = central / V; states in mg, V in L",
@@ -466,11 +480,11 @@ def load_phenobarb() -> LongitudinalDataset:
         obs_rows = [r for r in rows if not math.isnan(_float(c["conc"][r]))]
         subjects.append(Subject(
             id=sid,
-            times=[_float(c["time"][r]) for r in obs_rows],
+            times=np.array([_float(c["time"][r]) for r in obs_rows]),
             obs=np.array([_float(c["conc"][r]) for r in obs_rows]).reshape(-1, 1),
-            dose_times=[_float(c["time"][r]) for r in dose_rows],
-            dose_amounts=[_float(c["dose"][r]) for r in dose_rows],
-            dose_states=[0] * len(dose_rows),
+            dose_times=np.array([_float(c["time"][r]) for r in dose_rows]),
+            dose_amounts=np.array([_float(c["dose"][r]) for r in dose_rows]),
+            dose_states=np.array([0] * len(dose_rows)),
             covariates={"Wt": _float(c["Wt"][rows[0]]), "Apgar": int(c["Apgar"][rows[0]]),
                         "ApgarInd": c["ApgarInd"][rows[0]]},
         ))

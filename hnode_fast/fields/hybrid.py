@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..events import Inputs
 from .mechanistic import MechanisticGraph
 from .mlp import MaskedMLP
 from .spec import FieldSpec, compile_field
@@ -29,13 +30,18 @@ class HybridField(nn.Module):
     def __init__(self, mech: Optional[MechanisticGraph] = None, nn: Optional[MaskedMLP] = None,
                  n_states: Optional[int] = None, n_inputs: Optional[int] = None) -> None:
         super().__init__()
-        if mech is None and nn is None and n_states is None:
-            raise ValueError("HybridField needs mech, nn, or n_states")
         if mech is not None and not isinstance(mech, MechanisticGraph):
             raise ValueError(f"mech must be a hf.MechanisticGraph, got {type(mech).__name__}")
         if nn is not None and not isinstance(nn, MaskedMLP):
             raise ValueError(f"nn must be a hf.MaskedMLP, got {type(nn).__name__}")
-        D = mech.n_states if mech is not None else (nn.out_dim if nn is not None else int(n_states))
+        if mech is not None:
+            D = mech.n_states
+        elif nn is not None:
+            D = nn.out_dim
+        elif n_states is not None:
+            D = int(n_states)
+        else:
+            raise ValueError("HybridField needs mech, nn, or n_states")
         if n_states is not None and int(n_states) != D:
             raise ValueError(f"n_states={n_states} disagrees with the parts (D={D})")
         K = mech.n_inputs if mech is not None else 0
@@ -53,13 +59,15 @@ class HybridField(nn.Module):
         self.n_states = D
         self.n_inputs = K
         self.nn_uses_inputs = nn is not None and K > 0 and nn.in_dim == D + K
-        self.inputs = None  # hf.Inputs used by forward(t, z) when u is not passed
+        self.inputs: Optional[Inputs] = None  # hf.Inputs used by forward(t, z) when u is not passed
 
-    def set_inputs(self, inputs) -> None:
+    def set_inputs(self, inputs: Optional[Inputs]) -> None:
         """Attach ``hf.Inputs`` for calls ``field(t, z)`` made by other solvers."""
         self.inputs = inputs
 
-    def compile(self, csr_threshold: float = 0.25) -> FieldSpec:
+    # Deliberately shadows nn.Module.compile (torch.compile of the module) with a different
+    # signature and result: the public API compiles the field to a FieldSpec.
+    def compile(self, csr_threshold: float = 0.25) -> FieldSpec:  # type: ignore[override]
         """Flatten to a :class:`FieldSpec` (differentiable w.r.t. the parameters)."""
         return compile_field(self.mech, self.nn, self.n_states, self.n_inputs, self.nn_uses_inputs,
                              csr_threshold=csr_threshold)
@@ -70,7 +78,8 @@ class HybridField(nn.Module):
             u = z.new_zeros(z.shape[0], self.n_inputs)
         out = z.new_zeros(z.shape) if self.mech is None else self.mech(z, u)
         if self.nn is not None:
-            x = torch.cat([z, u.to(z.dtype)], dim=1) if self.nn_uses_inputs else z
+            # nn_uses_inputs implies n_inputs > 0, so u is set here
+            x = torch.cat([z, u.to(z.dtype)], dim=1) if self.nn_uses_inputs and u is not None else z
             out = out + self.nn(x)
         return out
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -203,6 +203,8 @@ class MechanisticGraph(nn.Module):
     Shapes: ``forward(z, u=None)`` maps ``(B, D)`` (and ``(B, K)``) to ``(B, D)``.
     """
 
+    term_mask: torch.Tensor  # bool buffer (n_terms,)
+
     def __init__(
         self,
         n_states: int,
@@ -225,7 +227,8 @@ class MechanisticGraph(nn.Module):
         if state_names is not None and len(state_names) != self.n_states:
             raise ValueError(f"state_names must have {self.n_states} names, got {len(state_names)}")
         self.state_names = list(state_names) if state_names is not None else None
-        offsets, values = [], []
+        offsets: List[int] = []
+        values: List[float] = []
         for j, term in enumerate(self.terms):
             self._validate_term(j, term)
             offsets.append(len(values))
@@ -282,6 +285,8 @@ class MechanisticGraph(nn.Module):
         if tuple(m.shape) != (self.n_terms,):
             raise ValueError(f"term mask must have shape ({self.n_terms},), got {tuple(m.shape)}")
         self.term_mask.copy_(m.to(torch.bool).to(self.term_mask.device))
+        # new sparsity structure: torch.compile'd solves guard on this and recompile (backends/cpu.py)
+        self._hnode_structure_version = getattr(self, "_hnode_structure_version", 0) + 1
 
     def term_flags(self, term: Term) -> int:
         flags = 0
@@ -315,8 +320,9 @@ class MechanisticGraph(nn.Module):
                 uk = u[:, term.k]
             flux = term_flux(term.kind, self.term_flags(term), p, za, zb, uk)
             flux = flux.expand(B) if flux.dim() == 0 else flux
-            if getattr(term, "dst", None) is not None:
-                cols_add.append(term.dst)
+            dst = getattr(term, "dst", None)
+            if dst is not None:
+                cols_add.append(dst)
                 vals_add.append(flux)
             if self.term_flags(term) & FLAG_CONSUME:
                 for s in src:

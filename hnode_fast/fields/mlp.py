@@ -12,7 +12,7 @@ because only ``W * M`` enters the computation.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, cast, overload
 
 import torch
 from torch import nn
@@ -31,6 +31,30 @@ L0_GAMMA = -0.1
 L0_ZETA = 1.1
 L0_BETA = 2.0 / 3.0
 L0_EPS = 1e-6
+
+
+if TYPE_CHECKING:
+    class _LinearList(nn.ModuleList):
+        """Typing-only view of ``MaskedMLP.layers``: an ``nn.ModuleList`` holding ``nn.Linear``."""
+
+        @overload
+        def __getitem__(self, idx: slice) -> nn.ModuleList: ...
+        @overload
+        def __getitem__(self, idx: int) -> nn.Linear: ...
+        def __getitem__(self, idx): ...
+        def __iter__(self) -> Iterator[nn.Linear]: ...
+else:
+    _LinearList = nn.ModuleList
+
+
+def _tensor_sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum(terms)`` of a non-empty iterable of tensors, typed as a tensor (same values and
+    graph as the builtin ``sum``, whose ``0 +`` start is an exact no-op)."""
+    it = iter(terms)
+    total = next(it)
+    for t in it:
+        total = total + t
+    return total
 
 
 def apply_activation(x: torch.Tensor, code: int) -> torch.Tensor:
@@ -65,6 +89,8 @@ class MaskedMLP(nn.Module):
     Shapes: ``forward(x)`` maps ``(B, in_dim) -> (B, out_dim)``.
     """
 
+    edge_rows: Optional[torch.Tensor]  # buffer: block id of each first-layer row (HGS), or None
+
     def __init__(
         self,
         in_dim: int,
@@ -91,13 +117,13 @@ class MaskedMLP(nn.Module):
         self.act_code = ACTIVATIONS[activation]
         self.gates = gates
         sizes = (self.in_dim,) + hidden + (self.out_dim,)
-        self.layers = nn.ModuleList(
+        self.layers = _LinearList(
             nn.Linear(sizes[i], sizes[i + 1], bias=bias) for i in range(len(sizes) - 1)
         )
         for i, layer in enumerate(self.layers):
             self.register_buffer(f"mask_{i}", torch.ones_like(layer.weight, dtype=torch.bool))
-        self._noise = None
-        self.edge_weights = None  # HGS edge weights, see add_edge_weights()
+        self._noise: Optional[List[torch.Tensor]] = None
+        self.edge_weights: Optional[nn.Parameter] = None  # HGS edge weights, see add_edge_weights()
         self.register_buffer("edge_rows", None)
         if gates == "l0":
             self.log_alpha = nn.ParameterList()
@@ -113,7 +139,7 @@ class MaskedMLP(nn.Module):
         return len(self.layers)
 
     @property
-    def masks(self) -> list:
+    def masks(self) -> List[torch.Tensor]:
         """List of bool mask buffers, ``masks[i].shape == layers[i].weight.shape``."""
         return [getattr(self, f"mask_{i}") for i in range(len(self.layers))]
 
@@ -131,6 +157,8 @@ class MaskedMLP(nn.Module):
             m = m != 0
         buf = getattr(self, f"mask_{i}")
         buf.copy_(m.to(buf.device))
+        # new sparsity structure: torch.compile'd solves guard on this and recompile (backends/cpu.py)
+        self._hnode_structure_version = getattr(self, "_hnode_structure_version", 0) + 1
 
     # ------------------------------------------------------------------ gates
     def gate_values(self, i: int) -> Optional[torch.Tensor]:
@@ -147,7 +175,7 @@ class MaskedMLP(nn.Module):
         if self.training:
             if self._noise is None:
                 self.resample_gates()
-            u = self._noise[i]
+            u = cast(List[torch.Tensor], self._noise)[i]  # drawn by resample_gates (gates are on)
             s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + la) / L0_BETA)
         else:
             s = torch.sigmoid(la)
@@ -164,7 +192,7 @@ class MaskedMLP(nn.Module):
         if self.gates is None:
             raise ValueError("l0_penalty() needs MaskedMLP(..., gates='l0')")
         c = L0_BETA * math.log(-L0_GAMMA / L0_ZETA)
-        return sum((1 - torch.sigmoid(c - la)).sum() for la in self.log_alpha)
+        return _tensor_sum((1 - torch.sigmoid(c - la)).sum() for la in self.log_alpha)
 
     # ------------------------------------------------------------------ HGS edge weights
     def add_edge_weights(self, row_blocks) -> None:
@@ -185,6 +213,8 @@ class MaskedMLP(nn.Module):
 
     def edge_live(self) -> torch.Tensor:
         """``(n_blocks, in_dim)`` bool: edges with at least one unmasked first-layer weight."""
+        if self.edge_weights is None or self.edge_rows is None:
+            raise ValueError("edge_live() needs edge weights: call add_edge_weights() first")
         m = self.masks[0]
         nb = self.edge_weights.shape[0]
         return torch.stack([m[self.edge_rows == b].any(dim=0) for b in range(nb)])
@@ -211,7 +241,7 @@ class MaskedMLP(nn.Module):
             w = w * gate
         return w
 
-    def effective_weights(self) -> list:
+    def effective_weights(self) -> List[torch.Tensor]:
         """Effective weights of all layers, with deterministic-or-sampled gates applied."""
         return [self.effective_weight(i, self.gate_values(i)) for i in range(len(self.layers))]
 

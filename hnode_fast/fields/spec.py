@@ -33,7 +33,7 @@ The result equals the masked network exactly (in exact arithmetic).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -140,115 +140,223 @@ def _mlp_structure(mlp: MaskedMLP, gates: List[Optional[torch.Tensor]]):
     return live, const, useful, feat_useful
 
 
-def compile_field(mech, mlp: Optional[MaskedMLP], n_states: int, n_inputs: int,
-                  nn_uses_inputs: bool, csr_threshold: float = 0.25) -> FieldSpec:
-    """Build the :class:`FieldSpec` of ``mech + mlp`` (either may be ``None``)."""
+@dataclass
+class _LayerPlan:
+    """How one network layer's stored values are gathered (index tensors on the field's device)."""
+
+    fold_idx: Optional[torch.Tensor]  # constant units of the previous layer, folded into this bias
+    const_idx: Optional[torch.Tensor]  # constant units of this layer
+    rows: torch.Tensor  # kept output units
+    cols: torch.Tensor  # kept input units (features for layer 0)
+    # stored weights: W[widx] (None: the whole W, row-major); dense: (rows[:, None], cols[None, :]),
+    # CSR: the (row, col) of every stored non-zero
+    widx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    bidx: Optional[torch.Tensor] = None  # stored biases: pre[bidx] (None: all rows)
+
+
+@dataclass
+class SpecStructure:
+    """The value-independent part of a :class:`FieldSpec`: the int tables (which depend on the
+    masks, the term mask, the term list and, when built with gates, the zero pattern of the
+    L0 gates, never on parameter values) and the plan that gathers ``params`` from the module
+    with plain, static-shape torch ops (:func:`gather_params`; traceable by ``torch.compile``).
+
+    ``mask_refs`` are copies of the masks (and the term mask) it was built from, so a caller
+    can check that they are still current without rebuilding (:func:`structure_matches`).
+    """
+
+    ints: torch.Tensor  # int32 (N,), CPU
+    header: Tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    n_states: int
+    layers: List[_LayerPlan]
+    emit_layers: bool  # False when every network output is constant (then only ``const`` is stored)
+    out_const_idx: Optional[torch.Tensor]  # constant outputs of the last layer
+    # mechanistic parameters: (eff * g[term_of] where first else eff)[sel] (sel None: all of them)
+    term_first: Optional[torch.Tensor]  # bool (P_mech,): first parameter of its term (gated)
+    term_of: Optional[torch.Tensor]  # long (P_mech,): the term of each parameter
+    term_sel: Optional[torch.Tensor]  # long: parameters of the unmasked terms, in order
+    mask_refs: List[torch.Tensor]  # network masks, then the term mask (when there is a mech)
+
+    @property
+    def n_params(self) -> int:
+        return self.header[10]
+
+
+def spec_structure(mech, mlp: Optional[MaskedMLP], n_states: int, n_inputs: int, nn_uses_inputs: bool,
+                   csr_threshold: float = 0.25, gates: Optional[List[Optional[torch.Tensor]]] = None) -> SpecStructure:
+    """The :class:`SpecStructure` of ``mech + mlp`` (either may be ``None``).
+
+    ``gates``: the L0 gate values (one per layer or ``None``); gates that are exactly 0 remove
+    units like masked weights do. ``None`` builds the structure from the masks only, which is
+    valid for any gate values (a closed gate then multiplies its weights by 0 instead of
+    removing them: the same field, up to rounding in the constant folding).
+    """
     D, K = int(n_states), int(n_inputs)
     n_feat = D + K if nn_uses_inputs else D
     ref = mlp.layers[0].weight if mlp is not None else (mech.params if mech is not None else None)
     dtype = ref.dtype if ref is not None else torch.get_default_dtype()
     device = ref.device if ref is not None else torch.device("cpu")
 
-    chunks: List[torch.Tensor] = []
     n_params = 0
 
-    def push(t: torch.Tensor) -> int:
+    def alloc(n: int) -> int:
         nonlocal n_params
         off = n_params
-        t = t.reshape(-1).to(dtype)
-        chunks.append(t)
-        n_params += t.numel()
+        n_params += int(n)
         return off
+
+    def idx(m: torch.Tensor) -> torch.Tensor:
+        return torch.nonzero(m).flatten()
 
     layer_rows: List[List[int]] = []
     csr_parts: List[tuple] = []  # (layer index, row_ptr list, col list)
-    const_vec = torch.zeros(D, dtype=dtype, device=device)
     in_idx: List[int] = []
     out_idx: List[int] = []
     max_width = 0
+    plans: List[_LayerPlan] = []
+    emit = False
+    out_const_idx: Optional[torch.Tensor] = None
+    mask_refs: List[torch.Tensor] = []
     if mlp is not None:
-        gates = [mlp.gate_values(i) for i in range(mlp.n_layers)]
-        W = [mlp.effective_weight(i, gates[i]) for i in range(mlp.n_layers)]
-        live, const, useful, feat_useful = _mlp_structure(mlp, gates)
         L = mlp.n_layers
-        c_prev = None  # values of constant units of the previous layer
-        cols_prev = torch.nonzero(feat_useful).flatten()
-        kept_layers = []
+        mask_refs = [m.detach().clone() for m in mlp.masks]
+        live, const, useful, feat_useful = _mlp_structure(mlp, list(gates) if gates is not None else [None] * L)
+        cols_prev = idx(feat_useful)
         for l in range(L):
-            b = mlp.bias(l)
-            if l > 0 and bool(const[l - 1].any()):
-                cidx = torch.nonzero(const[l - 1]).flatten().to(device)
-                fold = W[l][:, cidx] @ c_prev
-            else:
-                fold = torch.zeros_like(b)
-            pre = b + fold
-            if bool(const[l].any()):
-                cidx_l = torch.nonzero(const[l]).flatten().to(device)
-                c_here = pre[cidx_l]
-                c_prev = c_here if l == L - 1 else apply_activation(c_here, mlp.act_code)
-            else:
-                c_prev = pre.new_zeros(0)
-            rows = torch.nonzero(useful[l]).flatten()
-            kept_layers.append((l, rows, cols_prev, pre))
+            fold_idx = idx(const[l - 1]).to(device) if l > 0 and bool(const[l - 1].any()) else None
+            const_idx = idx(const[l]).to(device) if bool(const[l].any()) else None
+            rows = idx(useful[l])
+            plans.append(_LayerPlan(fold_idx, const_idx, rows, cols_prev))
             cols_prev = rows
-        # constant outputs
         if bool(const[L - 1].any()):
-            cidx = torch.nonzero(const[L - 1]).flatten().to(device)
-            const_vec = const_vec.index_add(0, cidx, c_prev)
-        if all(r.numel() > 0 for (_, r, _, _) in kept_layers) and kept_layers[0][2].numel() > 0:
-            in_idx = kept_layers[0][2].tolist()
-            out_idx = torch.nonzero(useful[L - 1]).flatten().tolist()
+            out_const_idx = idx(const[L - 1]).to(device)
+        emit = all(lp.rows.numel() > 0 for lp in plans) and plans[0].cols.numel() > 0
+        if emit:
+            in_idx = plans[0].cols.tolist()
+            out_idx = idx(useful[L - 1]).tolist()
             max_width = len(in_idx)
-            for (l, rows, cols, pre) in kept_layers:
-                rows_d, cols_d = rows.to(device), cols.to(device)
-                wc = W[l][rows_d][:, cols_d]
+            for l, lp in enumerate(plans):
+                rows, cols = lp.rows, lp.cols
                 lv = live[l][rows][:, cols]
                 density = float(lv.sum()) / max(1, lv.numel())
                 act = mlp.act_code if l < L - 1 else 0
                 max_width = max(max_width, rows.numel())
+                n_out_l, n_in_l = live[l].shape
+                all_rows, all_cols = rows.numel() == n_out_l, cols.numel() == n_in_l
                 if density < csr_threshold:
                     nz = torch.nonzero(lv)
                     counts = torch.bincount(nz[:, 0], minlength=rows.numel())
                     row_ptr = [0] + torch.cumsum(counts, 0).tolist()
-                    w_off = push(wc[nz[:, 0].to(device), nz[:, 1].to(device)])
+                    w_off = alloc(nz.shape[0])
                     csr_parts.append((len(layer_rows), row_ptr, nz[:, 1].tolist()))
+                    lp.widx = (rows[nz[:, 0]].to(device), cols[nz[:, 1]].to(device))
                     fmt = FMT_CSR
                 else:
-                    w_off = push(wc)
+                    w_off = alloc(rows.numel() * cols.numel())
+                    if not (all_rows and all_cols):
+                        lp.widx = (rows.to(device)[:, None], cols.to(device)[None, :])
                     fmt = FMT_DENSE
-                b_off = push(pre[rows_d])
+                lp.bidx = None if all_rows else rows.to(device)
+                b_off = alloc(rows.numel())
                 layer_rows.append([cols.numel(), rows.numel(), fmt, w_off, b_off, act, -1, -1])
-        # else: every output is constant (no useful layer) -> only const_vec
-    const_off = push(const_vec)
+        # else: every output is constant (no useful layer) -> only the constant vector
+    const_off = alloc(D)
 
     term_rows: List[List[int]] = []
-    if mech is not None and mech.n_terms > 0:
-        eff = mech.effective_params()
-        g = mech.effective_gates()
+    term_first = term_of = term_sel = None
+    if mech is not None:
+        mask_refs.append(mech.term_mask.detach().clone())
+        sel: List[int] = []
+        first = torch.zeros(mech.param_offsets[-1], dtype=torch.bool)
+        of = torch.zeros(mech.param_offsets[-1], dtype=torch.long)
         for j, term in enumerate(mech.terms):
+            a0, a1 = mech.param_offsets[j], mech.param_offsets[j + 1]
+            first[a0] = True
+            of[a0:a1] = j
             if not bool(mech.term_mask[j]):
                 continue
-            p = eff[mech.param_offsets[j]:mech.param_offsets[j + 1]]
-            p = torch.cat([p[:1] * g[j], p[1:]])
-            p_off = push(p)
+            sel.extend(range(a0, a1))
+            p_off = alloc(a1 - a0)
             src = term.sources()
             a = src[0] if len(src) > 0 else (term.k if term.kind == 5 else -1)
             bsrc = src[1] if len(src) > 1 else -1
             dst = getattr(term, "dst", None)
             term_rows.append([term.kind, a, bsrc, -1 if dst is None else dst, mech.term_flags(term), p_off])
+        if sel:
+            mdev = mech.params.device
+            term_first, term_of = first.to(mdev), of.to(mdev)
+            term_sel = None if len(sel) == first.numel() else torch.tensor(sel, dtype=torch.long, device=mdev)
 
     L = len(layer_rows)
     T = len(term_rows)
     base = HEADER + LAYER_COLS * L + TERM_COLS * T + len(in_idx) + len(out_idx)
     csr_flat: List[int] = []
-    for (li, row_ptr, cols) in csr_parts:
+    for (li, row_ptr, cols_l) in csr_parts:
         layer_rows[li][6] = base + len(csr_flat)
         csr_flat.extend(row_ptr)
         layer_rows[li][7] = base + len(csr_flat)
-        csr_flat.extend(cols)
+        csr_flat.extend(cols_l)
     header = [1, D, K, n_feat, L, T, const_off, len(in_idx), len(out_idx), max_width, n_params,
               int(round(csr_threshold * 1000))]
     flat = header + [v for r in layer_rows for v in r] + [v for r in term_rows for v in r] + in_idx + out_idx + csr_flat
-    ints = torch.tensor(flat, dtype=torch.int32)
-    params = torch.cat(chunks) if chunks else torch.zeros(0, dtype=dtype, device=device)
-    return FieldSpec(ints=ints, params=params)
+    return SpecStructure(ints=torch.tensor(flat, dtype=torch.int32), header=tuple(header), dtype=dtype, device=device,
+                         n_states=D, layers=plans, emit_layers=emit, out_const_idx=out_const_idx,
+                         term_first=term_first, term_of=term_of, term_sel=term_sel, mask_refs=mask_refs)
+
+
+def gather_params(st: SpecStructure, mech, mlp: Optional[MaskedMLP],
+                  gates: Optional[List[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+    """The ``(P,)`` parameter vector of structure ``st`` from the module's current values
+    (differentiable; static shapes and no data-dependent control flow, so it traces under
+    ``torch.compile``). ``gates``: the L0 gate values if already computed."""
+    dtype = st.dtype
+    chunks: List[torch.Tensor] = []
+    const_vec = torch.zeros(st.n_states, dtype=dtype, device=st.device)
+    if mlp is not None:
+        L = mlp.n_layers
+        if gates is None:
+            gates = [mlp.gate_values(i) for i in range(L)]
+        W = [mlp.effective_weight(i, gates[i]) for i in range(L)]
+        pres: List[torch.Tensor] = []
+        c_prev = const_vec.new_zeros(0)  # values of the constant units of the previous layer
+        for l, lp in enumerate(st.layers):
+            pre = mlp.bias(l)
+            if lp.fold_idx is not None:
+                pre = pre + W[l][:, lp.fold_idx] @ c_prev
+            if lp.const_idx is not None:
+                c_here = pre[lp.const_idx]
+                c_prev = c_here if l == L - 1 else apply_activation(c_here, mlp.act_code)
+            pres.append(pre)
+        if st.out_const_idx is not None:
+            const_vec = const_vec.index_add(0, st.out_const_idx, c_prev)
+        if st.emit_layers:
+            for l, lp in enumerate(st.layers):
+                chunks.append(W[l] if lp.widx is None else W[l][lp.widx])
+                chunks.append(pres[l] if lp.bidx is None else pres[l][lp.bidx])
+    chunks.append(const_vec)
+    if mech is not None and st.term_first is not None:
+        eff = mech.effective_params()
+        p = torch.where(st.term_first, eff * mech.effective_gates()[st.term_of], eff)
+        chunks.append(p if st.term_sel is None else p[st.term_sel])
+    return torch.cat([c.reshape(-1).to(dtype) for c in chunks])
+
+
+def structure_matches(st: SpecStructure, mech, mlp: Optional[MaskedMLP]) -> torch.Tensor:
+    """0-dim bool tensor: the masks (and term mask) still equal those ``st`` was built from
+    (traceable; used under ``torch.compile``, where the structure is a constant of the graph)."""
+    cur = (list(mlp.masks) if mlp is not None else []) + ([mech.term_mask] if mech is not None else [])
+    if len(cur) != len(st.mask_refs) or any(c.shape != r.shape for c, r in zip(cur, st.mask_refs)):
+        return torch.zeros((), dtype=torch.bool)
+    oks = [(c == r.to(c.device)).all().cpu() for c, r in zip(cur, st.mask_refs)]
+    return torch.stack(oks).all() if oks else torch.ones((), dtype=torch.bool)
+
+
+def compile_field(mech, mlp: Optional[MaskedMLP], n_states: int, n_inputs: int,
+                  nn_uses_inputs: bool, csr_threshold: float = 0.25) -> FieldSpec:
+    """Build the :class:`FieldSpec` of ``mech + mlp`` (either may be ``None``):
+    :func:`spec_structure` (with the L0 gates' zero pattern) then :func:`gather_params`."""
+    gates = [mlp.gate_values(i) for i in range(mlp.n_layers)] if mlp is not None else None
+    st = spec_structure(mech, mlp, n_states, n_inputs, nn_uses_inputs, csr_threshold, gates=gates)
+    return FieldSpec(ints=st.ints, params=gather_params(st, mech, mlp, gates=gates))

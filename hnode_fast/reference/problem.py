@@ -18,10 +18,10 @@ def make_fun(func, field_like: bool, inputs: Optional[Inputs], squeeze: bool, sh
     ``"shared"`` mode or for a single ``(D,)`` trajectory (torchdiffeq's), and ``y`` as given.
     """
     if field_like:
-        def fun(t, y, t_seg):
+        def field_fun(t, y, t_seg):
             u = inputs.at(t_seg, left=left).to(y.dtype) if inputs is not None else None
             return func.eval_u(y, u)
-        return fun
+        return field_fun
 
     def fun(t, y, t_seg):
         if squeeze:

@@ -21,8 +21,8 @@ def eval_spec(spec: FieldSpec, z: torch.Tensor, u: Optional[torch.Tensor] = None
     ints = spec.ints.tolist()
     B, D = z.shape
     K = spec.n_inputs
-    if K > 0 and u is None:
-        u = z.new_zeros(B, K)
+    if u is None:
+        u = z.new_zeros(B, K)  # (B, 0) without inputs
     out = p[spec.const_off:spec.const_off + D].expand(B, D)
     L = spec.n_layers
     if L > 0:

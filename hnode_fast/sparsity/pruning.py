@@ -4,7 +4,16 @@ from __future__ import annotations
 import torch
 
 from ..fields.hybrid import HybridField
+from ..fields.mlp import MaskedMLP
 from .regularizers import _mlp
+
+
+def _network(field, what: str) -> MaskedMLP:
+    """The field's masked network; ``ValueError`` when it has none (e.g. a mechanistic-only field)."""
+    mlp = _mlp(field)
+    if mlp is None:
+        raise ValueError(f"{what} needs a field with a network (nn)")
+    return mlp
 
 
 @torch.no_grad()
@@ -12,7 +21,7 @@ def prune_threshold(field, threshold: float) -> int:
     """Mask off network weights with ``|W * M| < threshold``; returns how many were pruned."""
     if threshold < 0:
         raise ValueError(f"threshold must be >= 0, got {threshold}")
-    mlp = _mlp(field)
+    mlp = _network(field, "prune_threshold")
     n = 0
     for i in range(mlp.n_layers):
         w = mlp.effective_weight(i)
@@ -29,7 +38,7 @@ def prune_magnitude(field, fraction: float, per_layer: bool = False) -> int:
     per layer); already-masked weights count as pruned. Returns how many were newly pruned."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    mlp = _mlp(field)
+    mlp = _network(field, "prune_magnitude")
     ws = [mlp.effective_weight(i).abs() * mlp.masks[i] for i in range(mlp.n_layers)]
     n_before = sum(int(m.sum()) for m in mlp.masks)
     groups = [[i] for i in range(mlp.n_layers)] if per_layer else [list(range(mlp.n_layers))]

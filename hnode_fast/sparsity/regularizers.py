@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ..fields.hybrid import HybridField
-from ..fields.mlp import MaskedMLP
+from ..fields.mlp import MaskedMLP, _tensor_sum
 
 
 def _mlp(field) -> Optional[MaskedMLP]:
@@ -34,7 +34,7 @@ def l1(field) -> torch.Tensor:
     mlp = _mlp(field)
     if mlp is None:
         return _zero(field)
-    return sum(mlp.effective_weight(i).abs().sum() for i in range(mlp.n_layers))
+    return _tensor_sum(mlp.effective_weight(i).abs().sum() for i in range(mlp.n_layers))
 
 
 def l2(field) -> torch.Tensor:
@@ -42,7 +42,7 @@ def l2(field) -> torch.Tensor:
     mlp = _mlp(field)
     if mlp is None:
         return _zero(field)
-    return sum(mlp.effective_weight(i).pow(2).sum() for i in range(mlp.n_layers))
+    return _tensor_sum(mlp.effective_weight(i).pow(2).sum() for i in range(mlp.n_layers))
 
 
 def edge_l1(field) -> torch.Tensor:

@@ -88,8 +88,6 @@ def test_unsupported_options_raise(device, monkeypatch):
     t = torch.tensor([0.0, 0.1], dtype=f64, device=device)
     with pytest.raises(NotImplementedError, match="shared"):
         hf.odeint(f, y0, t, backend="triton", step_mode="shared")
-    with pytest.raises(NotImplementedError, match="discrete"):
-        hf.odeint(f, y0, t, backend="triton", adjoint="backsolve")
     with pytest.raises(NotImplementedError, match="HybridField"):
         hf.odeint(lambda tt, y: -y, y0, t, backend="triton")
     if device.type == "cpu":

@@ -11,6 +11,8 @@ controller, dense output, stops/doses, status codes) but without a host sync per
 
 Gradients (``adjoint="discrete"``): autograd through each step's fused op, whose backward
 kernel recomputes the stages (exact gradient of the computed solution, like the reference).
+``adjoint="backsolve"``: :mod:`.backsolve` (this loop under ``no_grad``, then the continuous
+adjoint integrated backwards with the Triton field and field-VJP kernels).
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ def _check(prob) -> None:
     if prob.step_mode != "per_sample":
         raise NotImplementedError("backend='triton' implements step_mode='per_sample' only; use "
                                   "backend='reference' for step_mode='shared'")
-    if prob.adjoint != "discrete":
-        raise NotImplementedError("backend='triton' implements adjoint='discrete' only")
+    if prob.adjoint not in ("discrete", "backsolve"):
+        raise NotImplementedError(f"backend='triton': unknown adjoint {prob.adjoint!r}")
+    if prob.adjoint == "backsolve" and prob.events is not None and prob.events.amounts.requires_grad:
+        raise NotImplementedError("adjoint='backsolve' gives no gradient to events.amounts; use adjoint='discrete'")
     if prob.y0.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"y0: backend='triton' supports float32/float64, got {prob.y0.dtype}")
     ops._check_device(prob.y0)
@@ -52,12 +56,21 @@ def _dose(events, t, hit, y):
 def solve(prob, allow_tf32: bool = False, sync_every: int = SYNC_EVERY):
     """``Problem -> (y (T, B, D), Stats)`` with the Triton kernels."""
     _check(prob)
+    plan = build_plan(prob.func.compile(), prob.y0.dtype, prob.y0.device)
+    if prob.adjoint == "backsolve":
+        from .backsolve import solve_backsolve
+        return solve_backsolve(prob, plan, allow_tf32, sync_every)
+    out, _, stats = integrate(prob, plan, allow_tf32, sync_every)
+    return out, stats
+
+
+def integrate(prob, plan, allow_tf32: bool = False, sync_every: int = SYNC_EVERY):
+    """The adaptive loop: ``(out (T, B, D), y_final (B, D), Stats)``; ``y_final`` is the state
+    where each row stopped (``y(t_end)`` for rows with status 0), as the reference engine's."""
     y0 = prob.y0
     B, N = y0.shape
     dev, dtype = y0.device, y0.dtype
     f64 = torch.float64
-    spec = prob.func.compile()
-    plan = build_plan(spec, dtype, dev)
     inputs = prob.inputs
     rtol, atol = prob.rtol, prob.atol
     out_t = prob.out_t
@@ -184,4 +197,4 @@ def solve(prob, allow_tf32: bool = False, sync_every: int = SYNC_EVERY):
     if st.numel():
         st = st[:, ~torch.isnan(st).all(dim=0)]
     del zero_d
-    return out, Stats(n_steps=n_steps, n_rejected=n_rej, nfe=nfe, status=status, step_times=st)
+    return out, y, Stats(n_steps=n_steps, n_rejected=n_rej, nfe=nfe, status=status, step_times=st)
