@@ -171,7 +171,11 @@ def test_local_error_gradient_excludes_k1(seed):
     f = random_field(D=2, hidden=(8,), mech=False, scale=4.0)
     with torch.no_grad():
         f.nn.layers[1].weight.mul_(3)
-    y = torch.randn(3, 2, dtype=f64)
+    # of 32 random states keep the 3 with the largest error estimate (a random state can sit
+    # where the field is nearly linear and E_est is at rounding level)
+    y = torch.randn(32, 2, dtype=f64)
+    E, _, _ = sp.local_error(f, y, torch.zeros(32, dtype=f64), 1e-4, 1e-6, return_parts=True)
+    y = y[E.argsort(descending=True)[:3]]
     t = torch.zeros(3, dtype=f64)
     w = f.nn.layers[1].weight
     E, _, _ = sp.local_error(f, y, t, 1e-4, 1e-6, return_parts=True)
@@ -182,20 +186,22 @@ def test_local_error_gradient_excludes_k1(seed):
         f0 = fun(t, y, t)
         h = dp.initial_step(fun, t, y, f0, torch.full_like(t, float("inf")), 1e-4, 1e-6, dp.rms_rows, t)
 
+    with torch.no_grad():  # the regularizer detaches the error scale: hold it at the unperturbed y1
+        y1_0, _, _ = dp.rk_step(fun, t, y, f0, h, t)
+        scale = 1e-6 + torch.maximum(y.abs(), y1_0.abs()) * 1e-4
+
     def frozen(weight_delta):
         with torch.no_grad():
             w.add_(weight_delta)
             y1, K, _ = dp.rk_step(fun, t, y, f0, h, t)
             err = sum(K[j] * dp.E[j] for j in range(7)) * h[:, None]
-            scale = 1e-6 + torch.maximum(y.abs(), y1.abs()) * 1e-4
             val = (dp.rms_rows(err / scale) * h).mean()
             w.sub_(weight_delta)
         return val
     d = torch.zeros_like(w)
     d[0, 1] = 1e-6
     fd = (frozen(d) - frozen(-d)) / 2e-6
-    # the scale is detached in the regularizer but not in `frozen`: allow for that small term
-    assert g[0, 1].item() == pytest.approx(fd.item(), rel=1e-3)
+    assert g[0, 1].item() == pytest.approx(fd.item(), rel=1e-4)  # measured worst 2.1e-5 over 60 seeds
 
 
 def test_stiffness_estimate_linear():

@@ -82,7 +82,7 @@ def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_ste
     # shape/dtype/range checks: the CPU op's validator, seeing the device tensors through a proxy
     # (it reads values only from ints, a CPU tensor, and ev_s for its range check)
     _cpu._check(*[t if t.device.type == "cpu" else _MetaCPU(t) for t in
-                  (ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)], max_steps)
+                  (ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)], *[max_steps])
 
 
 class _MetaCPU:
@@ -238,8 +238,8 @@ def cuda_solve_backward(grad_y: Tensor, ints: Tensor, params: Tensor, y0: Tensor
         cap2 = max(1, int(stats[idx, 0].max()))
         sub = [x.index_select(0, idx) for x in (y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)]
         sargs = (ints, params, *sub, rtol, atol, max_steps)
-        ck2 = _cuda_solve_impl(*sargs, cap2)[2:]
-        gp2, gy02, gev2 = _adjoint_launch(grad_y.index_select(1, idx).contiguous(), *sargs, ck2)
+        ck2 = _cuda_solve_impl(*sargs, *[cap2])[2:]
+        gp2, gy02, gev2 = _adjoint_launch(grad_y.index_select(1, idx).contiguous(), *sargs, *[ck2])
         gp = gp + gp2
         gy0 = gy0.index_copy(0, idx, gy02)
         gev = gev.index_copy(0, idx, gev2)

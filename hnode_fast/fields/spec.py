@@ -120,8 +120,9 @@ def _mlp_structure(mlp: MaskedMLP, gates: List[Optional[torch.Tensor]]):
     live = []
     for i, m in enumerate(mlp.masks):
         lv = m.detach().cpu().clone()
-        if gates[i] is not None:
-            lv &= (gates[i].detach().cpu() != 0)[None, :]
+        g = gates[i]
+        if g is not None:
+            lv &= (g.detach().cpu() != 0)[None, :]
         live.append(lv)
     L = len(live)
     const = []  # bool (out_l,) per layer
@@ -131,8 +132,7 @@ def _mlp_structure(mlp: MaskedMLP, gates: List[Optional[torch.Tensor]]):
         c = ~reads_var
         const.append(c)
         prev_const = c
-    useful = [None] * L
-    useful[L - 1] = ~const[L - 1]
+    useful: List[torch.Tensor] = [~const[L - 1]] * L  # every entry set below (last layer first)
     for l in range(L - 2, -1, -1):
         feeds = (live[l + 1] & useful[l + 1][:, None]).any(dim=0)
         useful[l] = ~const[l] & feeds

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import Any, List
 
 import torch
 
@@ -132,6 +133,6 @@ class TritonBacksolveFunction(torch.autograd.Function):
 
 def solve_backsolve(prob, plan, allow_tf32: bool = False, sync_every: int = 8):
     """``Problem -> (y (T, B, D), Stats)``; gradients by the continuous adjoint (see the module)."""
-    holder = []
+    holder: List[Any] = []
     y = TritonBacksolveFunction.apply(prob, plan, bool(allow_tf32), int(sync_every), holder, prob.y0, *plan.tensors)
     return y, holder[0]

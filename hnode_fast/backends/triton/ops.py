@@ -9,6 +9,7 @@ through the plan's differentiable construction.
 from __future__ import annotations
 
 import os
+from typing import Dict, Tuple
 
 import torch
 
@@ -29,7 +30,7 @@ def _check_device(x: torch.Tensor) -> None:
             "before importing triton (slow; for tests), or move the tensors to a CUDA device")
 
 
-_COEF_CACHE = {}
+_COEF_CACHE: Dict[Tuple[str, str], torch.Tensor] = {}
 
 
 def coef_tensor(dtype, device) -> torch.Tensor:
