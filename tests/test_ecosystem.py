@@ -6,11 +6,22 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import random_field
 
 import hnode_fast as hf
 from hnode_fast import backends
 from hnode_fast.bench import mlp_field
+
+
+def random_field(*args, **kwargs):
+    # tests/conftest.py loaded by path: the bare name `conftest` can resolve to
+    # tests/triton/conftest.py here and in the processes the DDP tests spawn
+    import importlib.util
+    import pathlib
+    spec = importlib.util.spec_from_file_location("_hnode_tests_conftest", pathlib.Path(__file__).with_name("conftest.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.random_field(*args, **kwargs)
 
 f64 = torch.float64
 
