@@ -11,6 +11,7 @@ scipy DOP853 at rtol 1e-12, atol 1e-14. Also: field evaluation, dense vs 90% wei
 Run:  python benchmarks/bench_cpu.py [--quick] [--csv out.csv]
       pytest benchmarks/bench_cpu.py --benchmark-only   (pytest-benchmark functions)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,6 +67,7 @@ def run_hnode(f, y0, t, grad):
 
 def run_torchdiffeq(f, y0, t, grad):
     import torchdiffeq
+
     cf = Counted(f)
     if grad:
         y0 = y0.clone().requires_grad_()
@@ -79,6 +81,7 @@ def run_torchdiffeq(f, y0, t, grad):
 
 def run_torchode(f, y0, t, grad):
     import torchode as to
+
     term = to.ODETerm(f)
     solver = to.AutoDiffAdjoint(to.Dopri5(term=term), to.IntegralController(atol=ATOL, rtol=RTOL, term=term))
     B = y0.shape[0]
@@ -102,14 +105,14 @@ PROVIDERS = {"hnode": run_hnode, "torchdiffeq": run_torchdiffeq, "torchode": run
 
 def scipy_reference(f, y0, t):
     from scipy.integrate import solve_ivp
+
     B = y0.shape[0]
 
     def rhs(_, z):
         with torch.no_grad():
             return f(None, torch.from_numpy(z).view(B, D)).numpy().ravel()
 
-    sol = solve_ivp(rhs, (0.0, T_END), y0.numpy().ravel(), method="DOP853", t_eval=t.numpy(), rtol=1e-12,
-                    atol=1e-14)
+    sol = solve_ivp(rhs, (0.0, T_END), y0.numpy().ravel(), method="DOP853", t_eval=t.numpy(), rtol=1e-12, atol=1e-14)
     return torch.from_numpy(sol.y.T.reshape(len(t), B, D).copy())
 
 
@@ -147,20 +150,25 @@ def bench_solvers(batches=(1, 64, 1024), quick=False):
 
 
 def fmt_header():
-    return (f"{'B':>5} {'mode':>8} | {'hnode ms':>9} {'tdiffeq ms':>10} {'torchode ms':>11} | {'x tdiffeq':>9} "
-            f"{'x tode':>7} | {'NFE h/td/to':>17} | {'max err h / td / to':>28}")
+    return (
+        f"{'B':>5} {'mode':>8} | {'hnode ms':>9} {'tdiffeq ms':>10} {'torchode ms':>11} | {'x tdiffeq':>9} "
+        f"{'x tode':>7} | {'NFE h/td/to':>17} | {'max err h / td / to':>28}"
+    )
 
 
 def fmt_row(r):
-    return (f"{r['B']:>5} {r['mode']:>8} | {r['hnode_ms']:>9.3f} {r['torchdiffeq_ms']:>10.2f} "
-            f"{r['torchode_ms']:>11.2f} | {r['x_torchdiffeq']:>9.1f} {r['x_torchode']:>7.1f} | "
-            f"{r['hnode_nfe']:>5.0f}/{r['torchdiffeq_nfe']:>5.0f}/{r['torchode_nfe']:>5.0f} | "
-            f"{r['hnode_err']:.1e} / {r['torchdiffeq_err']:.1e} / {r['torchode_err']:.1e}")
+    return (
+        f"{r['B']:>5} {r['mode']:>8} | {r['hnode_ms']:>9.3f} {r['torchdiffeq_ms']:>10.2f} "
+        f"{r['torchode_ms']:>11.2f} | {r['x_torchdiffeq']:>9.1f} {r['x_torchode']:>7.1f} | "
+        f"{r['hnode_nfe']:>5.0f}/{r['torchdiffeq_nfe']:>5.0f}/{r['torchode_nfe']:>5.0f} | "
+        f"{r['hnode_err']:.1e} / {r['torchdiffeq_err']:.1e} / {r['torchode_err']:.1e}"
+    )
 
 
 def bench_sparsity(B=1024, repeat=200):
     """Field evaluation (compiled kernel, 1 thread, thread CPU time) dense vs 90% weight sparsity."""
     from hnode_fast.backends import cpu
+
     out = []
     for hidden in ((32, 32), (64, 64)):
         res = {}
@@ -172,8 +180,10 @@ def bench_sparsity(B=1024, repeat=200):
             ms = timeit(lambda: cpu.eval_field(spec, z, repeat=repeat, n_threads=1), 7, clock=time.thread_time)
             res[label] = (ms * 1e6 / (repeat * B), spec.n_weights())
         ratio = res["dense"][0] / res["90% sparse"][0]
-        line = (f"hidden {hidden}: dense {res['dense'][0]:.0f} ns/eval ({res['dense'][1]} weights), 90% sparse "
-                f"{res['90% sparse'][0]:.0f} ns/eval ({res['90% sparse'][1]} weights): {ratio:.1f}x")
+        line = (
+            f"hidden {hidden}: dense {res['dense'][0]:.0f} ns/eval ({res['dense'][1]} weights), 90% sparse "
+            f"{res['90% sparse'][0]:.0f} ns/eval ({res['90% sparse'][1]} weights): {ratio:.1f}x"
+        )
         print(line, flush=True)
         out.append((hidden, res, ratio))
     return out
@@ -181,6 +191,7 @@ def bench_sparsity(B=1024, repeat=200):
 
 def _isa():
     from hnode_fast import _native
+
     return _native._C.cpu_isa()
 
 
@@ -191,14 +202,17 @@ def main():
     ap.add_argument("--csv", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, hnode_fast "
-          f"{hf.__version__ if hasattr(hf, '__version__') else ''}, ISA {_isa()}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, hnode_fast "
+        f"{hf.__version__ if hasattr(hf, '__version__') else ''}, ISA {_isa()}"
+    )
     print(fmt_header())
     rows = bench_solvers(tuple(int(b) for b in args.batches.split(",")), quick=args.quick)
     print()
     bench_sparsity()
     if args.csv:
         import csv
+
         with open(args.csv, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()

@@ -20,6 +20,7 @@ Analytic FLOP count (what "achieved FLOP/s" means here):
 Run:  python benchmarks/bench_cuda.py [--quick] [--batches 100,10000] [--csv out.csv] [--peak-tflops 66.9]
 Needs a CUDA device and torchdiffeq (pip install torchdiffeq); nothing here runs without them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,18 @@ RTOL, ATOL = 1e-5, 1e-7
 D, HIDDEN, T_END, N_OUT = 8, (32, 32), 5.0, 20
 DTYPE = torch.float32
 C_ACT = 25
-PEAK_FP32_TFLOPS = {"H100 SXM": 66.9, "H100 NVL": 60.0, "H100 PCIe": 51.2, "H100": 66.9, "H200": 66.9,
-                    "A100": 19.5, "L40S": 91.6, "L4": 30.3, "A10": 31.2, "RTX 4090": 82.6}
+PEAK_FP32_TFLOPS = {
+    "H100 SXM": 66.9,
+    "H100 NVL": 60.0,
+    "H100 PCIe": 51.2,
+    "H100": 66.9,
+    "H200": 66.9,
+    "A100": 19.5,
+    "L40S": 91.6,
+    "L4": 30.3,
+    "A10": 31.2,
+    "RTX 4090": 82.6,
+}
 
 
 def make_field(seed=0):
@@ -156,9 +167,11 @@ def bench(batches, quick, peak):
 
 def fmt(r):
     extra = f" | {r['gflops']:9.1f} GFLOP/s {r['pct_peak']:5.1f}% peak" if "gflops" in r else ""
-    return (f"B={r['B']:>8} {r['mode']:>8} | hnode {r['hnode_ms']:10.2f} ms  torchdiffeq {r['torchdiffeq_ms']:10.1f} ms"
-            f" | x{r['ratio']:8.1f} | NFE {r['hnode_nfe']:6.1f} / {r['torchdiffeq_nfe']}{extra}"
-            f"{'' if r['status_ok'] else '  (some trajectories failed)'} {r.get('note', '')}")
+    return (
+        f"B={r['B']:>8} {r['mode']:>8} | hnode {r['hnode_ms']:10.2f} ms  torchdiffeq {r['torchdiffeq_ms']:10.1f} ms"
+        f" | x{r['ratio']:8.1f} | NFE {r['hnode_nfe']:6.1f} / {r['torchdiffeq_nfe']}{extra}"
+        f"{'' if r['status_ok'] else '  (some trajectories failed)'} {r.get('note', '')}"
+    )
 
 
 def main(argv=None):
@@ -169,8 +182,10 @@ def main(argv=None):
     ap.add_argument("--peak-tflops", type=float, default=None)
     a = ap.parse_args(argv)
     if not (torch.cuda.is_available() and "cuda" in backends.available()):
-        print("bench_cuda: needs a CUDA device and hnode_fast built with CUDA; "
-              f"reason: {hcuda.unavailable_reason() or 'backend not registered'}")
+        print(
+            "bench_cuda: needs a CUDA device and hnode_fast built with CUDA; "
+            f"reason: {hcuda.unavailable_reason() or 'backend not registered'}"
+        )
         return 1
     peak = peak_tflops(a.peak_tflops)
     print(f"device {torch.cuda.get_device_name()}, FP32 peak {peak} TFLOP/s, F_eval {flops_per_eval()} flops")

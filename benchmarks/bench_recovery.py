@@ -54,6 +54,7 @@ What the numbers show: see FINDINGS below (written from the quick run, seed 0, a
 appended to recovery.md; re-check it against the table after a full run).
 
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,7 +107,6 @@ are noise):
 """
 
 
-
 # ----------------------------------------------------------------------------- systems
 def sys_linear(rng):
     D = 6
@@ -125,6 +125,7 @@ def sys_linear(rng):
 
     def z0(r):
         return r.uniform(-2, 2, D)
+
     return dict(name="linear", D=D, f=f, true=true, t1=6.0, z0=z0)
 
 
@@ -134,6 +135,7 @@ def sys_lv(rng):
     def f(t, z):
         x, y, s, u, v = z
         return np.array([a * x - b * x * y, -c * y + d * x * y, -0.1 * s, -0.05 * u + v, -u - 0.05 * v])
+
     true = np.zeros((5, 5), int)
     true[0, :2] = true[1, :2] = 1
     true[2, 2] = 1
@@ -141,6 +143,7 @@ def sys_lv(rng):
 
     def z0(r):
         return np.concatenate([r.uniform(1.0, 5.0, 1), r.uniform(0.5, 3.0, 1), r.uniform(-2, 2, 3)])
+
     return dict(name="lv", D=5, f=f, true=true, t1=6.0, z0=z0)
 
 
@@ -150,7 +153,8 @@ def sys_repress(rng):
     def f(t, z):
         m, p = z[:3], z[3:]
         pj = np.roll(p, 1)  # gene i repressed by protein i-1
-        return np.concatenate([-m + al / (1 + pj ** n) + al0, -be * (p - m)])
+        return np.concatenate([-m + al / (1 + pj**n) + al0, -be * (p - m)])
+
     true = np.zeros((6, 6), int)
     for i in range(3):
         true[i, i] = 1
@@ -160,6 +164,7 @@ def sys_repress(rng):
 
     def z0(r):
         return r.uniform(0, 20, 6)
+
     return dict(name="repress", D=6, f=f, true=true, t1=6.0, z0=z0)
 
 
@@ -172,8 +177,7 @@ def make_data(sysname, seed, n_train, n_test):
     t = np.linspace(0.0, S["t1"], N_OUT)
     Y = []
     for _ in range(n_train + n_test):
-        sol = solve_ivp(S["f"], (0.0, S["t1"]), S["z0"](rng), t_eval=t, rtol=1e-10, atol=1e-10,
-                        method="DOP853")
+        sol = solve_ivp(S["f"], (0.0, S["t1"]), S["z0"](rng), t_eval=t, rtol=1e-10, atol=1e-10, method="DOP853")
         assert sol.success
         Y.append(sol.y.T)
     Y = np.stack(Y, axis=1)  # (T, B, D)
@@ -273,9 +277,14 @@ def run_structure(sysname, reg, seed, iters, n_train, n_test):
     true = S["true"]
     off = ~np.eye(S["D"], dtype=bool)
     mse, _ = evaluate(field, t, Yte)
-    return dict(auc=auc(P, true), auc_off=auc(P[off], true[off]),
-                fsp=hf.sparsity.feature_sparsity(field), wsp=hf.sparsity.weight_sparsity(field),
-                mse=mse, time=el)
+    return dict(
+        auc=auc(P, true),
+        auc_off=auc(P[off], true[off]),
+        fsp=hf.sparsity.feature_sparsity(field),
+        wsp=hf.sparsity.weight_sparsity(field),
+        mse=mse,
+        time=el,
+    )
 
 
 def run_local(reg, seed, iters, n_train, n_test, sysname="lv"):
@@ -313,8 +322,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--iters", type=int, default=None)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                 "results", "recovery.md"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "recovery.md"))
     args = ap.parse_args()
     seeds = args.seeds if args.seeds else ([0] if args.quick else [0, 1, 2])
     iters = args.iters or (1500 if args.quick else 3000)
@@ -327,9 +335,12 @@ def main():
             res = [run_structure(sysname, reg, s, iters, n_train, n_test) for s in seeds]
             r = {k: [x[k] for x in res] for k in res[0]}
             rows.append((sysname, reg, r))
-            print(f"{sysname:8s} {reg:8s} AUC {ms(r['auc'])}  AUC-off {ms(r['auc_off'])}  "
-                  f"feat-sp {ms(r['fsp'], '{:.2f}')}  w-sp {ms(r['wsp'], '{:.2f}')}  "
-                  f"test MSE {ms(r['mse'], '{:.4f}')}  ({np.sum(r['time']):.0f}s)", flush=True)
+            print(
+                f"{sysname:8s} {reg:8s} AUC {ms(r['auc'])}  AUC-off {ms(r['auc_off'])}  "
+                f"feat-sp {ms(r['fsp'], '{:.2f}')}  w-sp {ms(r['wsp'], '{:.2f}')}  "
+                f"test MSE {ms(r['mse'], '{:.4f}')}  ({np.sum(r['time']):.0f}s)",
+                flush=True,
+            )
     lrows = []
     for reg in ("none",) + tuple(f"local lam={lam:g}" for lam in LOCAL_LAMBDAS):
         if reg != "none":
@@ -337,44 +348,62 @@ def main():
         res = [run_local("none" if reg == "none" else "local", s, iters, n_train, n_test) for s in seeds]
         r = {k: [x[k] for x in res] for k in res[0]}
         lrows.append((reg, r))
-        print(f"lv {reg:16s} NFE(test) {ms(r['nfe'], '{:.1f}')}  NFE(train, last 20%) "
-              f"{ms(r['nfe_train'], '{:.1f}')}  test MSE {ms(r['mse'], '{:.4f}')}  ({np.sum(r['time']):.0f}s)",
-              flush=True)
+        print(
+            f"lv {reg:16s} NFE(test) {ms(r['nfe'], '{:.1f}')}  NFE(train, last 20%) "
+            f"{ms(r['nfe_train'], '{:.1f}')}  test MSE {ms(r['mse'], '{:.4f}')}  ({np.sum(r['time']):.0f}s)",
+            flush=True,
+        )
     total = time.perf_counter() - T0
 
     L = []
     L.append("# Structure recovery and local regularization (`benchmarks/bench_recovery.py`)\n")
-    L.append(f"- Command: `python benchmarks/bench_recovery.py{' --quick' if args.quick else ''}`"
-             f"{' --seeds ' + ' '.join(map(str, seeds)) if args.seeds else ''}"
-             f"{' --iters ' + str(args.iters) if args.iters else ''}")
-    L.append(f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {cpu_model()}, "
-             f"torch.set_num_threads({torch.get_num_threads()}); torch {torch.__version__}, "
-             f"numpy {np.__version__}, hnode_fast {getattr(hf, '__version__', '?')}")
-    L.append(f"- Seeds: {seeds} (model init = torch seed s, data = numpy seed 1000 + s); "
-             f"{iters} Adam iterations per fit; {n_train} train / {n_test} test trajectories, "
-             f"{N_OUT} outputs; noise std {NOISE} (standardised units)")
-    L.append(f"- Model: MaskedMLP(D, D, hidden={HIDDEN}, ELU), float64, dopri5 rtol = atol = {RTOL}; "
-             f"lambdas: l1 {LAMBDAS['l1']}, l0 {LAMBDAS['l0']}, pathreg lam {LAMBDAS['pathreg']} "
-             f"(lam * R_L1 + 0.1 lam * R_path), local swept {LOCAL_LAMBDAS}")
+    L.append(
+        f"- Command: `python benchmarks/bench_recovery.py{' --quick' if args.quick else ''}`"
+        f"{' --seeds ' + ' '.join(map(str, seeds)) if args.seeds else ''}"
+        f"{' --iters ' + str(args.iters) if args.iters else ''}"
+    )
+    L.append(
+        f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {cpu_model()}, "
+        f"torch.set_num_threads({torch.get_num_threads()}); torch {torch.__version__}, "
+        f"numpy {np.__version__}, hnode_fast {getattr(hf, '__version__', '?')}"
+    )
+    L.append(
+        f"- Seeds: {seeds} (model init = torch seed s, data = numpy seed 1000 + s); "
+        f"{iters} Adam iterations per fit; {n_train} train / {n_test} test trajectories, "
+        f"{N_OUT} outputs; noise std {NOISE} (standardised units)"
+    )
+    L.append(
+        f"- Model: MaskedMLP(D, D, hidden={HIDDEN}, ELU), float64, dopri5 rtol = atol = {RTOL}; "
+        f"lambdas: l1 {LAMBDAS['l1']}, l0 {LAMBDAS['l0']}, pathreg lam {LAMBDAS['pathreg']} "
+        f"(lam * R_L1 + 0.1 lam * R_path), local swept {LOCAL_LAMBDAS}"
+    )
     L.append(f"- Total run time: {total:.0f} s\n")
-    L.append("AUC: ROC AUC of `input_dependencies` vs the true graph, diagonal included; AUC off: "
-             "off-diagonal entries only. Feature / weight sparsity: fraction of entries < 1e-5. "
-             + ("Mean ± std over seeds.\n" if len(seeds) > 1 else "Single seed.\n"))
+    L.append(
+        "AUC: ROC AUC of `input_dependencies` vs the true graph, diagonal included; AUC off: "
+        "off-diagonal entries only. Feature / weight sparsity: fraction of entries < 1e-5. "
+        + ("Mean ± std over seeds.\n" if len(seeds) > 1 else "Single seed.\n")
+    )
     L.append("| system | regularizer | AUC | AUC off | feature sparsity | weight sparsity | test MSE |")
     L.append("|---|---|---|---|---|---|---|")
     for sysname, reg, r in rows:
-        L.append(f"| {sysname} | {reg} | {ms(r['auc'])} | {ms(r['auc_off'])} | {ms(r['fsp'], '{:.2f}')} | "
-                 f"{ms(r['wsp'], '{:.2f}')} | {ms(r['mse'], '{:.4f}')} |")
-    L.append("\nLocal regularizer (Pal et al. 2023), Lotka–Volterra + spurious states. NFE: mean "
-             "function evaluations per trajectory (hf.odeint return_stats).\n")
+        L.append(
+            f"| {sysname} | {reg} | {ms(r['auc'])} | {ms(r['auc_off'])} | {ms(r['fsp'], '{:.2f}')} | "
+            f"{ms(r['wsp'], '{:.2f}')} | {ms(r['mse'], '{:.4f}')} |"
+        )
+    L.append(
+        "\nLocal regularizer (Pal et al. 2023), Lotka–Volterra + spurious states. NFE: mean "
+        "function evaluations per trajectory (hf.odeint return_stats).\n"
+    )
     L.append("| regularizer | NFE test solve | NFE train (last 20% iters) | test MSE |")
     L.append("|---|---|---|---|")
     for reg, r in lrows:
         L.append(f"| {reg} | {ms(r['nfe'], '{:.1f}')} | {ms(r['nfe_train'], '{:.1f}')} | {ms(r['mse'], '{:.4f}')} |")
     n0 = np.mean(lrows[0][1]["nfe"])
-    L.append("\nNFE ratio local / none (test solve): " + ", ".join(
-        f"{reg.split()[1]}: {np.mean(r['nfe']) / n0:.3f}x" for reg, r in lrows[1:])
-        + " (Pal et al. report 0.556–0.733x at unchanged accuracy).")
+    L.append(
+        "\nNFE ratio local / none (test solve): "
+        + ", ".join(f"{reg.split()[1]}: {np.mean(r['nfe']) / n0:.3f}x" for reg, r in lrows[1:])
+        + " (Pal et al. report 0.556–0.733x at unchanged accuracy)."
+    )
     L.append("\n" + FINDINGS)
     text = "\n".join(L) + "\n"
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

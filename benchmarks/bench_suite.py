@@ -13,6 +13,7 @@ Run:  python benchmarks/bench_suite.py [--threads 2] [--device cuda] [hnode-fast
       pytest benchmarks/bench_suite.py --benchmark-only [-k "mlp_medium and fwd"]
         (pytest-benchmark; NFE, steps, error and peak memory go to extra_info)
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,6 +60,7 @@ def epoch(name: str, device: str, B: int) -> Tuple[hb.EpochSetup, Dict[str, hb.S
 def prepare(name: str, device: str, B: int, mode: str, solver: str) -> Tuple[Callable[[], None], Dict[str, Any]]:
     """The call to time and its figures (NFE, steps, error of the forward solve, peak memory)."""
     import pytest
+
     p, provs = problem(name, device)
     if solver not in provs:
         pytest.skip(f"{solver} is not installed")
@@ -102,6 +104,7 @@ try:
         def timed() -> None:
             call()
             sync()
+
         rounds = 1 if (B >= 1024 and mode == "epoch") else 3
         benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
 except ImportError:  # pragma: no cover

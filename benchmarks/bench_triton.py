@@ -12,6 +12,7 @@ Reports, on the same problem in the same run:
 Targets (issue 5, H100, float32, D=32, hidden (256, 256) silu, B=1e4): step >= 20x eager,
 solve >= 20x torchdiffeq, field eval >= 50% of peak at B=1e5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ import torch
 def _time(fn, warmup=2, iters=10):
     if not torch.cuda.is_available():  # smoke mode (--smoke-cpu, TRITON_INTERPRET=1): wall clock
         import time
+
         fn()
         t0 = time.perf_counter()
         fn()
@@ -42,6 +44,7 @@ def _time(fn, warmup=2, iters=10):
 
 def make_field(D, hidden, act, dtype, device):
     import hnode_fast as hf
+
     terms = [hf.Linear(i, None, 0.1) for i in range(D)]
     mech = hf.MechanisticGraph(D, terms, dtype=dtype)
     net = hf.MaskedMLP(D, D, hidden=tuple(hidden), activation=act)
@@ -65,8 +68,9 @@ def main(argv=None):
     ap.add_argument("--t1", type=float, default=1.0)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--csv", default=None)
-    ap.add_argument("--smoke-cpu", action="store_true",
-                    help="run the script logic on CPU tensors (needs TRITON_INTERPRET=1; tiny sizes only)")
+    ap.add_argument(
+        "--smoke-cpu", action="store_true", help="run the script logic on CPU tensors (needs TRITON_INTERPRET=1; tiny sizes only)"
+    )
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() and not args.smoke_cpu:
         print("bench_triton: needs a CUDA GPU (Triton kernels); nothing to do on this machine.")
@@ -88,8 +92,7 @@ def main(argv=None):
         rows.append(dict(name=name, value=value, unit=unit, note=note))
 
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (interpreter smoke run)"
-    print(f"device {name}, {args.dtype}, D={args.D}, hidden={args.hidden} {args.act}, "
-          f"B={args.B}, tf32={args.tf32}")
+    print(f"device {name}, {args.dtype}, D={args.D}, hidden={args.hidden} {args.act}, B={args.B}, tf32={args.tf32}")
     # ---------------------------------------------------------------- 1. one step
     B, D = args.B, args.D
     y = torch.rand(B, D, dtype=dtype, device=dev)
@@ -122,8 +125,7 @@ def main(argv=None):
     def run_triton(grad=False):
         with torch.set_grad_enabled(grad):
             y0_ = y0.clone().requires_grad_(grad)
-            prob = _validate(f, y0_, tt, args.rtol, args.atol, "dopri5", "triton", "discrete", "per_sample", None,
-                             None, 10_000)
+            prob = _validate(f, y0_, tt, args.rtol, args.atol, "dopri5", "triton", "discrete", "per_sample", None, None, 10_000)
             out, _ = tsolve(prob, allow_tf32=args.tf32)
             if grad:
                 out.sum().backward()
@@ -134,6 +136,7 @@ def main(argv=None):
     report("solve fwd+bwd: triton [s]", ttri_b, "s")
     try:
         import torchdiffeq
+
         fn = lambda tq, yy: f(tq, yy)  # noqa: E731
 
         def run_tde(grad=False):
@@ -141,6 +144,7 @@ def main(argv=None):
             out = torchdiffeq.odeint(fn, y0_, tt.to(dtype), method="dopri5", **tol)
             if grad:
                 out.sum().backward()
+
         with torch.no_grad():
             ttde = _time(lambda: run_tde(False), 1, 3)
         report("solve fwd: torchdiffeq (shared step) [s]", ttde, "s")

@@ -7,6 +7,7 @@ Quick start::
     field = hf.HybridField(mech=mech, nn=hf.MaskedMLP(2, 2, hidden=(16,)))
     y = hf.odeint(field, torch.tensor([[5.0, 0.0]]), torch.linspace(0, 10, 20))  # (T, B, D)
 """
+
 from . import (  # noqa: E402
     data,
     graph,
@@ -35,10 +36,36 @@ from .train import FitResult, Observe, evaluate, fit, predict, prune_retrain, se
 def build_info() -> dict:
     """What was compiled: ``version, cpu, cuda, cuda_archs, triton, compilers, torch``."""
     from ._native import build_info as _bi
+
     return _bi()
 
 
-__all__ = ["__version__", "Events", "Inputs", "ACTIVATIONS", "Constant", "FieldSpec", "Hill", "HybridField", "Input",
-           "Linear", "MaskedMLP", "MassAction", "MechanisticGraph", "MichaelisMenten", "Stats", "odeint",
-           "build_info", "sparsity", "data", "graph", "fit", "FitResult", "Observe", "evaluate", "predict",
-           "prune_retrain", "select_regularization"]
+__all__ = [
+    "__version__",
+    "Events",
+    "Inputs",
+    "ACTIVATIONS",
+    "Constant",
+    "FieldSpec",
+    "Hill",
+    "HybridField",
+    "Input",
+    "Linear",
+    "MaskedMLP",
+    "MassAction",
+    "MechanisticGraph",
+    "MichaelisMenten",
+    "Stats",
+    "odeint",
+    "build_info",
+    "sparsity",
+    "data",
+    "graph",
+    "fit",
+    "FitResult",
+    "Observe",
+    "evaluate",
+    "predict",
+    "prune_retrain",
+    "select_regularization",
+]

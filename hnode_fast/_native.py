@@ -21,7 +21,6 @@ _BUILD_HINT = (
 )
 
 
-
 def _load_installed_extension() -> Optional[ModuleType]:
     """Load ``_C`` from the *installed* distribution when this module comes from a source
     checkout that has no compiled module (e.g. ``python -m pytest`` run from the repo root

@@ -34,6 +34,7 @@ a mass-action graph on ``(x, y, w = x**2)``: ``x' = y, y' = mu*y - mu*w*y - x, w
 ``hnode-fast bench`` runs a quick subset and writes ``bench.md``, ``bench.csv``, ``bench.json``
 (rows + machine record) and ``bench.png`` (time vs batch size, log-log, one line per solver).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,19 +67,38 @@ QUICK_PROBLEMS = ("mlp_medium", "pk_hybrid")
 QUICK_BATCHES = (1, 64)
 QUICK_MODES = ("fwd", "fwd+bwd")
 FULL_BATCHES = (1, 64, 1024)
-CSV_FIELDS = ["problem", "B", "mode", "solver", "ms", "speedup_vs_torchdiffeq", "nfe", "steps", "peak_mb",
-              "max_err", "repeats", "device", "dtype"]
+CSV_FIELDS = [
+    "problem",
+    "B",
+    "mode",
+    "solver",
+    "ms",
+    "speedup_vs_torchdiffeq",
+    "nfe",
+    "steps",
+    "peak_mb",
+    "max_err",
+    "repeats",
+    "device",
+    "dtype",
+]
 
 
 # ----------------------------------------------------------------------------- problems
-def mlp_field(D: int = 8, hidden: Sequence[int] = (32, 32), activation: str = "tanh", seed: int = 0,
-              dtype: torch.dtype = torch.float32, sparsity: float = 0.0) -> HybridField:
+def mlp_field(
+    D: int = 8,
+    hidden: Sequence[int] = (32, 32),
+    activation: str = "tanh",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    sparsity: float = 0.0,
+) -> HybridField:
     """The benchmark MLP field: a random (optionally pruned) masked MLP, weights ~ N(0, 1/fan_in)."""
     g = torch.Generator().manual_seed(seed)
     net = MaskedMLP(D, D, hidden=hidden, activation=activation)
     with torch.no_grad():
         for layer in net.layers:
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) / layer.in_features ** 0.5)
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) / layer.in_features**0.5)
             layer.bias.copy_(0.1 * torch.randn(layer.bias.shape, generator=g))
         if sparsity > 0:
             for i, layer in enumerate(net.layers):
@@ -126,26 +146,40 @@ class BenchProblem:
 
 
 def _mlp_problem(name: str, D: int, hidden: Tuple[int, ...], dtype: torch.dtype) -> BenchProblem:
-    return BenchProblem(name, mlp_field(D, hidden, dtype=dtype), torch.linspace(0, 5, 20, dtype=dtype),
-                        lambda g, B: 0.5 * torch.randn(B, D, generator=g, dtype=torch.float64),
-                        note=f"random tanh MLP, D={D}, hidden {hidden}, t in [0, 5], 20 outputs")
+    return BenchProblem(
+        name,
+        mlp_field(D, hidden, dtype=dtype),
+        torch.linspace(0, 5, 20, dtype=dtype),
+        lambda g, B: 0.5 * torch.randn(B, D, generator=g, dtype=torch.float64),
+        note=f"random tanh MLP, D={D}, hidden {hidden}, t in [0, 5], 20 outputs",
+    )
 
 
-def lotka_volterra(dtype: torch.dtype = torch.float64, a: float = 1.5, b: float = 1.0, d: float = 1.0,
-                   g: float = 3.0) -> BenchProblem:
+def lotka_volterra(dtype: torch.dtype = torch.float64, a: float = 1.5, b: float = 1.0, d: float = 1.0, g: float = 3.0) -> BenchProblem:
     """``x' = a x - b x y``, ``y' = d x y - g y`` as a mass-action graph (raw signed rates)."""
-    mech = MechanisticGraph(2, [Linear(0, 0, a, consume=False), MassAction((0, 1), 0, -b, consume=False),
-                                MassAction((0, 1), 1, d, consume=False), Linear(1, None, g)],
-                            dtype=torch.float64, state_names=["prey", "predator"])
-    return BenchProblem("lotka_volterra", HybridField(mech=mech).to(dtype), torch.linspace(0, 10, 20, dtype=dtype),
-                        lambda gen, B: 1.0 + torch.rand(B, 2, generator=gen, dtype=torch.float64),
-                        note=f"Lotka-Volterra a={a} b={b} d={d} g={g}, y0 in [1, 2]^2, t in [0, 10]")
+    mech = MechanisticGraph(
+        2,
+        [
+            Linear(0, 0, a, consume=False),
+            MassAction((0, 1), 0, -b, consume=False),
+            MassAction((0, 1), 1, d, consume=False),
+            Linear(1, None, g),
+        ],
+        dtype=torch.float64,
+        state_names=["prey", "predator"],
+    )
+    return BenchProblem(
+        "lotka_volterra",
+        HybridField(mech=mech).to(dtype),
+        torch.linspace(0, 10, 20, dtype=dtype),
+        lambda gen, B: 1.0 + torch.rand(B, 2, generator=gen, dtype=torch.float64),
+        note=f"Lotka-Volterra a={a} b={b} d={d} g={g}, y0 in [1, 2]^2, t in [0, 10]",
+    )
 
 
 def pk_hybrid(dtype: torch.dtype = torch.float64, ka: float = 1.5, ke: float = 0.08) -> BenchProblem:
     """The demo's one-compartment model (depot -ka-> central -ke->) plus a small ELU MLP."""
-    mech = MechanisticGraph(2, [Linear(0, 1, ka), Linear(1, None, ke)], param="log", dtype=torch.float64,
-                            state_names=["depot", "central"])
+    mech = MechanisticGraph(2, [Linear(0, 1, ka), Linear(1, None, ke)], param="log", dtype=torch.float64, state_names=["depot", "central"])
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     net = MaskedMLP(2, 2, hidden=(32,), activation="elu").double()
@@ -153,27 +187,45 @@ def pk_hybrid(dtype: torch.dtype = torch.float64, ka: float = 1.5, ke: float = 0
     with torch.no_grad():  # a perturbation of the mechanism, not a replacement
         net.layers[-1].weight.mul_(0.1)
         net.layers[-1].bias.mul_(0.1)
-    return BenchProblem("pk_hybrid", HybridField(mech=mech, nn=net).to(dtype), torch.linspace(0, 24, 20, dtype=dtype),
-                        lambda gen, B: torch.cat([4 + 2 * torch.rand(B, 1, generator=gen, dtype=torch.float64),
-                                                  torch.zeros(B, 1, dtype=torch.float64)], 1),
-                        note=f"one-compartment PK (ka={ka}, ke={ke}) + ELU MLP (32,), dose in [4, 6], t in [0, 24] h")
+    return BenchProblem(
+        "pk_hybrid",
+        HybridField(mech=mech, nn=net).to(dtype),
+        torch.linspace(0, 24, 20, dtype=dtype),
+        lambda gen, B: torch.cat([4 + 2 * torch.rand(B, 1, generator=gen, dtype=torch.float64), torch.zeros(B, 1, dtype=torch.float64)], 1),
+        note=f"one-compartment PK (ka={ka}, ke={ke}) + ELU MLP (32,), dose in [4, 6], t in [0, 24] h",
+    )
 
 
 def vdp(dtype: torch.dtype = torch.float64, mu: float = 10.0, t_end: float = 10.0) -> BenchProblem:
     """Van der Pol on ``(x, y, w = x**2)`` (mass-action terms are at most quadratic):
     ``x' = y``, ``y' = mu*y - mu*w*y - x``, ``w' = 2*x*y``; ``w(0) = x(0)**2`` keeps ``w = x**2``."""
-    mech = MechanisticGraph(3, [Linear(1, 0, 1.0, consume=False), Linear(1, 1, mu, consume=False),
-                                MassAction((2, 1), 1, -mu, consume=False), Linear(0, 1, -1.0, consume=False),
-                                MassAction((0, 1), 2, 2.0, consume=False)],
-                            dtype=torch.float64, state_names=["x", "y", "x2"])
+    mech = MechanisticGraph(
+        3,
+        [
+            Linear(1, 0, 1.0, consume=False),
+            Linear(1, 1, mu, consume=False),
+            MassAction((2, 1), 1, -mu, consume=False),
+            Linear(0, 1, -1.0, consume=False),
+            MassAction((0, 1), 2, 2.0, consume=False),
+        ],
+        dtype=torch.float64,
+        state_names=["x", "y", "x2"],
+    )
 
     def sample(gen: torch.Generator, B: int) -> torch.Tensor:
         x = (1.0 + 1.5 * torch.rand(B, generator=gen, dtype=torch.float64)) * torch.where(
-            torch.rand(B, generator=gen, dtype=torch.float64) < 0.5, -1.0, 1.0)
+            torch.rand(B, generator=gen, dtype=torch.float64) < 0.5, -1.0, 1.0
+        )
         y = 0.5 * torch.randn(B, generator=gen, dtype=torch.float64)
         return torch.stack([x, y, x * x], 1)
-    return BenchProblem(f"vdp_mu{mu:g}", HybridField(mech=mech).to(dtype), torch.linspace(0, t_end, 20, dtype=dtype),
-                        sample, note=f"Van der Pol mu={mu:g} (3-state mass-action form), |x0| in [1, 2.5], t in [0, {t_end:g}]")
+
+    return BenchProblem(
+        f"vdp_mu{mu:g}",
+        HybridField(mech=mech).to(dtype),
+        torch.linspace(0, t_end, 20, dtype=dtype),
+        sample,
+        note=f"Van der Pol mu={mu:g} (3-state mass-action form), |x0| in [1, 2.5], t in [0, {t_end:g}]",
+    )
 
 
 PROBLEMS: Dict[str, Callable[[torch.dtype], BenchProblem]] = {
@@ -213,10 +265,16 @@ def machine() -> Dict[str, str]:
                     break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
-            "os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": str(torch.version.cuda)}
+    info = {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "threads": str(torch.get_num_threads()),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda),
+    }
     try:  # other work on the machine skews timings (a busy core stalls torch's thread pool)
         info["load_avg_1m"] = f"{os.getloadavg()[0]:.2f}"
     except OSError:
@@ -224,10 +282,12 @@ def machine() -> Dict[str, str]:
     for mod in ("numpy", "scipy", "torchdiffeq", "torchode", "triton"):
         info[mod] = _version(mod)
     from . import __version__, backends
+
     info["hnode_fast"] = __version__
     info["backends"] = ",".join(backends.available())
     try:
         from . import _native
+
         info["cpu_isa"] = str(_native._C.cpu_isa()) if _native._C is not None else "no extension"
     except Exception:  # noqa: BLE001
         info["cpu_isa"] = "unknown"
@@ -240,8 +300,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, max_seconds: Optional[float] = None,
-            sync: Callable[[], None] = lambda: None, estimate: float = 0.0) -> Tuple[float, int]:
+def measure(
+    fn: Callable[[], Any],
+    repeats: int = 5,
+    warmup: int = 1,
+    max_seconds: Optional[float] = None,
+    sync: Callable[[], None] = lambda: None,
+    estimate: float = 0.0,
+) -> Tuple[float, int]:
     """``(median seconds, runs timed)``. With ``max_seconds`` the number of timed runs drops (to at
     least one) so that they take about that long, judged from the last warm-up (or ``estimate``
     seconds per call without warm-up)."""
@@ -281,6 +347,7 @@ def _malloc_trim() -> None:
     allocator kept counts again when the next call touches it."""
     try:
         import ctypes
+
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -299,7 +366,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: Any = "cpu") -> Tuple[float, f
         fn()
         torch.cuda.synchronize(device)
         sec = time.perf_counter() - t0
-        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20, sec
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, sec
     _malloc_trim()
     try:
         with open("/proc/self/clear_refs", "w") as fh:  # resets VmHWM to the current VmRSS
@@ -329,13 +396,15 @@ def device_ok(backend: str, device: torch.device) -> bool:
     return True
 
 
-def providers(field: HybridField, rtol: float, atol: float, device: Any = "cpu",
-              skip: Optional[Iterable[str]] = None) -> Dict[str, SolveFn]:
+def providers(
+    field: HybridField, rtol: float, atol: float, device: Any = "cpu", skip: Optional[Iterable[str]] = None
+) -> Dict[str, SolveFn]:
     """name -> ``solve(y0, t) -> (y (T, B, D), stats())`` with ``stats() -> (nfe, accepted steps)``.
 
     hnode backends usable on ``device`` (``hnode_<backend>``), torchdiffeq ``dopri5`` and
     torchode ``Dopri5`` + ``IntegralController`` (``AutoDiffAdjoint``), all with the same tolerances."""
     from . import backends
+
     device = torch.device(device)
     skip = set(skip or ())
     out: Dict[str, SolveFn] = {}
@@ -346,6 +415,7 @@ def providers(field: HybridField, rtol: float, atol: float, device: Any = "cpu",
         def run_h(y0: torch.Tensor, t: torch.Tensor, b: str = b) -> Tuple[torch.Tensor, StatsFn]:
             y, st = odeint(field, y0, t, rtol=rtol, atol=atol, backend=b, return_stats=True)
             return y, lambda: (_mean(st.nfe), _mean(st.n_steps))
+
         out[f"hnode_{b}"] = run_h
     if "torchdiffeq" not in skip:
         try:
@@ -353,6 +423,7 @@ def providers(field: HybridField, rtol: float, atol: float, device: Any = "cpu",
         except ImportError:
             pass
         else:
+
             class Counted(torch.nn.Module):
                 def __init__(self) -> None:
                     super().__init__()
@@ -364,6 +435,7 @@ def providers(field: HybridField, rtol: float, atol: float, device: Any = "cpu",
 
                 def callback_accept_step(self, t0: Any, y0: Any, dt: Any) -> None:  # torchdiffeq callback
                     self.acc += 1
+
             cf = Counted()
 
             def run_td(y0: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, StatsFn]:
@@ -371,6 +443,7 @@ def providers(field: HybridField, rtol: float, atol: float, device: Any = "cpu",
                 y = torchdiffeq.odeint(cf, y0, t, rtol=rtol, atol=atol, method="dopri5")
                 n, acc = cf.n, cf.acc
                 return y, lambda: (float(n), float(acc))
+
             out["torchdiffeq"] = run_td
     if "torchode" not in skip:
         try:
@@ -385,15 +458,16 @@ def providers(field: HybridField, rtol: float, atol: float, device: Any = "cpu",
                 sol = solver.solve(to.InitialValueProblem(y0=y0, t_eval=t.expand(y0.shape[0], -1)))
                 st = sol.stats
                 return sol.ys.transpose(0, 1), lambda: (_mean(st["n_f_evals"]), _mean(st["n_accepted"]))
+
             out["torchode"] = run_to
     return out
 
 
-def reference_solution(field: HybridField, y0: torch.Tensor, t: torch.Tensor, rtol: float = 1e-12,
-                       atol: float = 1e-12) -> torch.Tensor:
+def reference_solution(field: HybridField, y0: torch.Tensor, t: torch.Tensor, rtol: float = 1e-12, atol: float = 1e-12) -> torch.Tensor:
     """Tight scipy DOP853 solution (float64, CPU), ``(T, B, D)``; all rows in one system."""
     import numpy as np
     from scipy.integrate import solve_ivp
+
     f64 = copy.deepcopy(field).to(device="cpu", dtype=torch.float64)
     y0 = y0.detach().to("cpu", torch.float64)
     B, D = y0.shape
@@ -402,11 +476,13 @@ def reference_solution(field: HybridField, y0: torch.Tensor, t: torch.Tensor, rt
     def fun(s: float, z: Any) -> Any:
         with torch.no_grad():
             return f64(s, torch.from_numpy(np.ascontiguousarray(z)).view(B, D)).reshape(-1).numpy()
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny evaluations: a thread pool only adds overhead
     try:
-        sol = solve_ivp(fun, (float(tt[0]), float(tt[-1])), y0.reshape(-1).numpy(), method="DOP853",
-                        t_eval=tt.numpy(), rtol=rtol, atol=atol)
+        sol = solve_ivp(
+            fun, (float(tt[0]), float(tt[-1])), y0.reshape(-1).numpy(), method="DOP853", t_eval=tt.numpy(), rtol=rtol, atol=atol
+        )
     finally:
         torch.set_num_threads(threads)
     if not sol.success:
@@ -422,9 +498,11 @@ def _trainable(m: torch.nn.Module) -> List[torch.nn.Parameter]:
 def mode_call(mode: str, fn: SolveFn, field: HybridField, y0: torch.Tensor, t: torch.Tensor) -> Callable[[], None]:
     """The call that ``fwd`` / ``fwd+bwd`` time (``epoch``: :meth:`EpochSetup.call`)."""
     if mode == "fwd":
+
         def call() -> None:
             with torch.no_grad():
                 fn(y0, t)
+
         return call
     if mode == "fwd+bwd":
         params = _trainable(field)
@@ -433,6 +511,7 @@ def mode_call(mode: str, fn: SolveFn, field: HybridField, y0: torch.Tensor, t: t
             y0g = y0.clone().requires_grad_(True)
             y, _ = fn(y0g, t)
             torch.autograd.grad(y.square().sum(), [y0g, *params])
+
         return call_b
     raise ValueError(f"unknown mode {mode!r}")
 
@@ -443,8 +522,8 @@ class EpochSetup:
 
     model: HybridField
     init: Dict[str, torch.Tensor]
-    y0: torch.Tensor        # (N, D)
-    target: torch.Tensor    # (T, N, D)
+    y0: torch.Tensor  # (N, D)
+    target: torch.Tensor  # (T, N, D)
     B: int
     n_batches: int
     lr: float = 1e-3
@@ -462,6 +541,7 @@ class EpochSetup:
                 loss = (y - self.target[:, sl]).square().mean()
                 loss.backward()
                 opt.step()
+
         return epoch
 
 
@@ -482,11 +562,20 @@ def epoch_setup(prob: BenchProblem, B: int, n_batches: int, device: torch.device
 
 
 # ----------------------------------------------------------------------------- the run
-def run(problems: Sequence[str] = QUICK_PROBLEMS, batches: Sequence[int] = QUICK_BATCHES,
-        modes: Sequence[str] = QUICK_MODES, repeats: int = 5, skip: Optional[Iterable[str]] = None,
-        err_rows: int = 4, progress: Optional[Callable[[str], None]] = print, device: Any = "cpu",
-        dtype: torch.dtype = torch.float64, max_seconds: Optional[float] = 3.0, epoch_batches: int = 8,
-        reference_max_batch: int = 64) -> List[Row]:
+def run(
+    problems: Sequence[str] = QUICK_PROBLEMS,
+    batches: Sequence[int] = QUICK_BATCHES,
+    modes: Sequence[str] = QUICK_MODES,
+    repeats: int = 5,
+    skip: Optional[Iterable[str]] = None,
+    err_rows: int = 4,
+    progress: Optional[Callable[[str], None]] = print,
+    device: Any = "cpu",
+    dtype: torch.dtype = torch.float64,
+    max_seconds: Optional[float] = 3.0,
+    epoch_batches: int = 8,
+    reference_max_batch: int = 64,
+) -> List[Row]:
     """Benchmark every provider on every (problem, B, mode); returns one row per measurement.
 
     A provider that fails is reported through ``progress`` and left out; the others go on.
@@ -538,27 +627,41 @@ def run(problems: Sequence[str] = QUICK_PROBLEMS, batches: Sequence[int] = QUICK
                     if name not in stats:
                         continue
                     try:
-                        call = setup.call(eprovs[name], t) if mode == "epoch" and setup else \
-                            mode_call(mode, fn, field, y0, t)
+                        call = setup.call(eprovs[name], t) if mode == "epoch" and setup else mode_call(mode, fn, field, y0, t)
                         t0 = time.perf_counter()
                         call()  # warm-up (first-call costs stay out of the memory figure too)
                         _sync(dev)
                         warm = time.perf_counter() - t0
                         mb, msec = peak_memory_mb(call, dev)
-                        sec, n = measure(call, repeats=repeats, warmup=0, max_seconds=max_seconds,
-                                         sync=lambda: _sync(dev), estimate=min(warm, msec))
+                        sec, n = measure(
+                            call, repeats=repeats, warmup=0, max_seconds=max_seconds, sync=lambda: _sync(dev), estimate=min(warm, msec)
+                        )
                     except Exception as e:  # a peer failing must not hide the others
                         say(f"{pname} B={B} {mode} {name}: failed ({type(e).__name__}: {e})")
                         continue
                     nfe, steps, err = stats[name]
                     if name == "torchdiffeq":
                         base = sec
-                    row: Row = {"problem": pname, "B": B, "mode": mode, "solver": name, "ms": sec * 1e3,
-                                "speedup_vs_torchdiffeq": None, "nfe": nfe, "steps": steps, "peak_mb": mb,
-                                "max_err": err, "repeats": n, "device": str(dev), "dtype": str(dtype).replace("torch.", "")}
+                    row: Row = {
+                        "problem": pname,
+                        "B": B,
+                        "mode": mode,
+                        "solver": name,
+                        "ms": sec * 1e3,
+                        "speedup_vs_torchdiffeq": None,
+                        "nfe": nfe,
+                        "steps": steps,
+                        "peak_mb": mb,
+                        "max_err": err,
+                        "repeats": n,
+                        "device": str(dev),
+                        "dtype": str(dtype).replace("torch.", ""),
+                    }
                     mode_rows.append(row)
-                    say(f"{pname:<15} B={B:<5} {mode:<8} {name:<16} {sec * 1e3:11.2f} ms  nfe {nfe:7.1f}  steps "
-                        f"{steps:6.1f}  mem {mb:7.1f} MB  err {err:.1e}  (n={n})")
+                    say(
+                        f"{pname:<15} B={B:<5} {mode:<8} {name:<16} {sec * 1e3:11.2f} ms  nfe {nfe:7.1f}  steps "
+                        f"{steps:6.1f}  mem {mb:7.1f} MB  err {err:.1e}  (n={n})"
+                    )
                 for r in mode_rows:
                     if base is not None:
                         r["speedup_vs_torchdiffeq"] = base / (r["ms"] / 1e3)
@@ -582,16 +685,26 @@ def _f(x: Any, fmt: str) -> str:
 
 def markdown(rows: List[Row], info: Dict[str, str]) -> str:
     """The results table (grouped by problem, mode, B) and the machine record."""
-    lines = ["| problem | mode | B | solver | ms (median) | x torchdiffeq | NFE | steps | peak MB | max err |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| problem | mode | B | solver | ms (median) | x torchdiffeq | NFE | steps | peak MB | max err |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in _order(rows):
-        lines.append(f"| {r['problem']} | {r['mode']} | {r['B']} | {r['solver']} | {_f(r['ms'], '.2f')} | "
-                     f"{_f(r.get('speedup_vs_torchdiffeq'), '.2f')} | {_f(r['nfe'], '.0f')} | {_f(r['steps'], '.0f')} | "
-                     f"{_f(r['peak_mb'], '.1f')} | {_f(r['max_err'], '.1e')} |")
-    lines += ["", "x torchdiffeq: torchdiffeq's median time / this solver's (> 1 is faster). NFE, steps: forward "
-              "solve, mean per trajectory (torchdiffeq: whole batch, one shared step). peak MB: CPU resident-set "
-              "growth during one call (CUDA: allocated tensors). max err: vs scipy DOP853 rtol=atol=1e-12 on the "
-              "first trajectories.", "", "Machine:", ""]
+        lines.append(
+            f"| {r['problem']} | {r['mode']} | {r['B']} | {r['solver']} | {_f(r['ms'], '.2f')} | "
+            f"{_f(r.get('speedup_vs_torchdiffeq'), '.2f')} | {_f(r['nfe'], '.0f')} | {_f(r['steps'], '.0f')} | "
+            f"{_f(r['peak_mb'], '.1f')} | {_f(r['max_err'], '.1e')} |"
+        )
+    lines += [
+        "",
+        "x torchdiffeq: torchdiffeq's median time / this solver's (> 1 is faster). NFE, steps: forward "
+        "solve, mean per trajectory (torchdiffeq: whole batch, one shared step). peak MB: CPU resident-set "
+        "growth during one call (CUDA: allocated tensors). max err: vs scipy DOP853 rtol=atol=1e-12 on the "
+        "first trajectories.",
+        "",
+        "Machine:",
+        "",
+    ]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     return "\n".join(lines)
 
@@ -607,20 +720,21 @@ def write_csv(rows: List[Row], path: str) -> None:
 def plot(rows: List[Row], path: str) -> None:
     """Median time vs batch size, log-log, one panel per (problem, mode), one line per solver."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    probs = [p for p in PROBLEMS if any(r["problem"] == p for r in rows)] + \
-        sorted({r["problem"] for r in rows} - set(PROBLEMS))
+
+    probs = [p for p in PROBLEMS if any(r["problem"] == p for r in rows)] + sorted({r["problem"] for r in rows} - set(PROBLEMS))
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
     solvers = sorted({r["solver"] for r in rows}, key=lambda s: (not s.startswith("hnode"), s))
-    fig, axes = plt.subplots(max(1, len(probs)), max(1, len(modes)), figsize=(4.2 * max(1, len(modes)),
-                             3.3 * max(1, len(probs))), squeeze=False)
+    fig, axes = plt.subplots(
+        max(1, len(probs)), max(1, len(modes)), figsize=(4.2 * max(1, len(modes)), 3.3 * max(1, len(probs))), squeeze=False
+    )
     for i, p in enumerate(probs):
         for j, mode in enumerate(modes):
             ax = axes[i][j]
             for k, name in enumerate(solvers):
-                pts = sorted((r["B"], r["ms"]) for r in rows if r["problem"] == p and r["mode"] == mode
-                             and r["solver"] == name)
+                pts = sorted((r["B"], r["ms"]) for r in rows if r["problem"] == p and r["mode"] == mode and r["solver"] == name)
                 if pts:
                     ax.plot([q[0] for q in pts], [q[1] for q in pts], "o-", color=f"C{k}", label=name)
             ax.set_xscale("log")
@@ -635,8 +749,9 @@ def plot(rows: List[Row], path: str) -> None:
     plt.close(fig)
 
 
-def write_results(rows: List[Row], info: Dict[str, str], out: str, settings: Optional[Dict[str, Any]] = None,
-                  stem: str = "bench") -> Dict[str, str]:
+def write_results(
+    rows: List[Row], info: Dict[str, str], out: str, settings: Optional[Dict[str, Any]] = None, stem: str = "bench"
+) -> Dict[str, str]:
     """Write ``<stem>.md``, ``.csv``, ``.json`` (rows, machine, settings) and ``.png`` into ``out``."""
     os.makedirs(out, exist_ok=True)
     paths = {ext: os.path.join(out, f"{stem}.{ext}") for ext in ("md", "csv", "json", "png")}
@@ -661,13 +776,17 @@ def _csv_list(s: str) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="hnode-fast bench", description=(__doc__ or "").splitlines()[0],
-                                 epilog=f"problems: {', '.join(PROBLEMS)}; modes: {', '.join(MODES)}")
+    ap = argparse.ArgumentParser(
+        prog="hnode-fast bench",
+        description=(__doc__ or "").splitlines()[0],
+        epilog=f"problems: {', '.join(PROBLEMS)}; modes: {', '.join(MODES)}",
+    )
     ap.add_argument("--problems", default=None, help=f"comma-separated, or 'all' (quick: {','.join(QUICK_PROBLEMS)})")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (quick: 1,64; --full: 1,64,1024)")
     ap.add_argument("--modes", default=None, help="comma-separated of fwd,fwd+bwd,epoch (quick: fwd,fwd+bwd)")
-    ap.add_argument("--full", action="store_true", help="every problem and mode, batches 1,64,1024 (explicit "
-                    "--problems/--batches/--modes still win)")
+    ap.add_argument(
+        "--full", action="store_true", help="every problem and mode, batches 1,64,1024 (explicit --problems/--batches/--modes still win)"
+    )
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     ap.add_argument("--max-seconds", type=float, default=3.0, help="fewer repeats when a measurement would exceed this")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -694,20 +813,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ap.error(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
     dtype = getattr(torch, a.dtype)
     info = machine()
-    settings = {"problems": ",".join(problems), "batches": ",".join(map(str, batches)), "modes": ",".join(modes),
-                "repeats": a.repeats, "max_seconds": a.max_seconds, "device": a.device, "dtype": a.dtype,
-                "epoch_batches": a.epoch_batches}
+    settings = {
+        "problems": ",".join(problems),
+        "batches": ",".join(map(str, batches)),
+        "modes": ",".join(modes),
+        "repeats": a.repeats,
+        "max_seconds": a.max_seconds,
+        "device": a.device,
+        "dtype": a.dtype,
+        "epoch_batches": a.epoch_batches,
+    }
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = 0.0
     if load > (os.cpu_count() or 1) - 0.5:
-        print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: timings will be noisy, and a torch "
-              "thread pool stalls when a core is busy (try --threads 1, or a quiet machine)", file=sys.stderr)
+        print(
+            f"warning: load average {load:.1f} on {os.cpu_count()} cores: timings will be noisy, and a torch "
+            "thread pool stalls when a core is busy (try --threads 1, or a quiet machine)",
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
-    rows = run(problems, batches, modes, repeats=a.repeats, skip=_csv_list(a.skip), device=a.device, dtype=dtype,
-               max_seconds=a.max_seconds, epoch_batches=a.epoch_batches,
-               progress=None if a.quiet else (lambda s: print(s, flush=True)))
+    rows = run(
+        problems,
+        batches,
+        modes,
+        repeats=a.repeats,
+        skip=_csv_list(a.skip),
+        device=a.device,
+        dtype=dtype,
+        max_seconds=a.max_seconds,
+        epoch_batches=a.epoch_batches,
+        progress=None if a.quiet else (lambda s: print(s, flush=True)),
+    )
     settings["wall_s"] = round(time.perf_counter() - t0, 1)
     paths = write_results(rows, info, a.out, settings)
     print(markdown(rows, info))

@@ -1,4 +1,5 @@
 """Command line: ``hnode-fast demo | bench | info`` (also ``python -m hnode_fast ...``)."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import sys
 def _info() -> int:
     from . import backends
     from ._native import build_info
+
     try:
         info = build_info()
     except ImportError as e:  # extension not built: still useful
@@ -19,20 +21,24 @@ def _info() -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = ("usage: hnode-fast {demo,bench,info} [options]\n"
-             "  demo   fit mechanistic / black-box / sparse hybrid models to Theoph (--quick, --json)\n"
-             "  bench  speed vs torchdiffeq/torchode: Markdown/CSV/JSON table + PNG plot, machine record\n"
-             "         (--problems, --batches, --modes, --full, --threads, --device, --out DIR; see bench -h)\n"
-             "  info   what was compiled (hf.build_info()) and which backends are usable")
+    usage = (
+        "usage: hnode-fast {demo,bench,info} [options]\n"
+        "  demo   fit mechanistic / black-box / sparse hybrid models to Theoph (--quick, --json)\n"
+        "  bench  speed vs torchdiffeq/torchode: Markdown/CSV/JSON table + PNG plot, machine record\n"
+        "         (--problems, --batches, --modes, --full, --threads, --device, --out DIR; see bench -h)\n"
+        "  info   what was compiled (hf.build_info()) and which backends are usable"
+    )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "demo":
         from .demo import main as demo_main
+
         return demo_main(rest)
     if cmd == "bench":
         from .bench import main as bench_main
+
         return bench_main(rest)
     if cmd == "info":
         return _info()

@@ -6,6 +6,7 @@ weights, magnitude-pruned and retrained — and prints test RMSE, non-zero param
 sparsity, NFE and wall time; saves a PNG with per-subject curves and the learned dependency
 matrix. ``--quick`` finishes in well under 2 minutes on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,7 @@ class _Tolerances(TypedDict):
 
 def one_compartment(dtype=torch.float64, ka=1.5, ke=0.08) -> MechanisticGraph:
     """depot --ka--> central --ke--> (eliminated); rates log-parametrised (> 0)."""
-    return MechanisticGraph(2, [Linear(0, 1, ka), Linear(1, None, ke)], param="log", dtype=dtype,
-                            state_names=STATE_NAMES)
+    return MechanisticGraph(2, [Linear(0, 1, ka), Linear(1, None, ke)], param="log", dtype=dtype, state_names=STATE_NAMES)
 
 
 def count_nonzero(field: HybridField, observe) -> int:
@@ -46,14 +46,20 @@ def count_nonzero(field: HybridField, observe) -> int:
         n += int(field.mech.term_mask.sum())
     if field.nn is not None:
         spec = field.compile()
-        n += int((spec.params[:spec.const_off].detach().abs() > 0).sum())
-        n += int((spec.params[spec.const_off:spec.const_off + field.n_states].detach() != 0).sum())
+        n += int((spec.params[: spec.const_off].detach().abs() > 0).sum())
+        n += int((spec.params[spec.const_off : spec.const_off + field.n_states].detach() != 0).sum())
     n += sum(int(p.numel()) for p in observe.parameters() if p.requires_grad)
     return n
 
 
-def run(quick: bool = True, seed: int = 0, plot: str = "hnode_demo.png", progress: bool = True,
-        backend: str = "auto", epochs: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+def run(
+    quick: bool = True,
+    seed: int = 0,
+    plot: str = "hnode_demo.png",
+    progress: bool = True,
+    backend: str = "auto",
+    epochs: Optional[Dict[str, int]] = None,
+) -> Dict[str, Any]:
     """Fit the three models; returns ``{"table": {model: metrics}, "plot", "train_ids", "test_ids"}``.
 
     ``epochs`` overrides the schedule (keys ``mech, bb, hyb, retrain``)."""
@@ -61,8 +67,7 @@ def run(quick: bool = True, seed: int = 0, plot: str = "hnode_demo.png", progres
     f64 = torch.float64
     data = load_theoph()
     train, test = data.split(n_test=4, seed=seed)
-    ep = {"mech": 400, "bb": 300, "hyb": 300, "retrain": 150} if quick else \
-        {"mech": 800, "bb": 1500, "hyb": 1000, "retrain": 500}
+    ep = {"mech": 400, "bb": 300, "hyb": 300, "retrain": 150} if quick else {"mech": 800, "bb": 1500, "hyb": 1000, "retrain": 500}
     ep.update(epochs or {})
     tol = _Tolerances(rtol=1e-5, atol=1e-7, backend=backend)
     rows = {}
@@ -72,8 +77,7 @@ def run(quick: bool = True, seed: int = 0, plot: str = "hnode_demo.png", progres
     t0 = time.perf_counter()
     mech_field = HybridField(mech=one_compartment())
     mech_obs = Observe([1], scale=2.0, dtype=f64)  # conc = central / V, V ~ 0.5 L/kg
-    r = fit(mech_field, train, observe=mech_obs, epochs=ep["mech"], lr=0.05, seed=seed, progress=progress,
-            desc="mechanistic", **tol)
+    r = fit(mech_field, train, observe=mech_obs, epochs=ep["mech"], lr=0.05, seed=seed, progress=progress, desc="mechanistic", **tol)
     rows["mechanistic"] = (mech_field, mech_obs, time.perf_counter() - t0, r)
 
     # (b) black-box neural ODE on the same two states
@@ -81,8 +85,7 @@ def run(quick: bool = True, seed: int = 0, plot: str = "hnode_demo.png", progres
     torch.manual_seed(seed)
     bb = HybridField(nn=MaskedMLP(2, 2, hidden=(16, 16), activation="tanh").double())
     bb_obs = Observe([1], scale=2.0, dtype=f64)
-    r = fit(bb, train, observe=bb_obs, epochs=ep["bb"], lr=0.01, seed=seed, progress=progress, desc="black-box",
-            **tol)
+    r = fit(bb, train, observe=bb_obs, epochs=ep["bb"], lr=0.01, seed=seed, progress=progress, desc="black-box", **tol)
     rows["blackbox"] = (bb, bb_obs, time.perf_counter() - t0, r)
 
     # (c) sparse hybrid: the mechanism plus a masked network, trained jointly with L1 on the
@@ -93,20 +96,47 @@ def run(quick: bool = True, seed: int = 0, plot: str = "hnode_demo.png", progres
     net = MaskedMLP(2, 2, hidden=(32,), activation="elu").double()
     hyb = HybridField(mech=one_compartment(), nn=net)
     hyb_obs = Observe([1], scale=2.0, dtype=f64)
-    r = fit(hyb, train, observe=hyb_obs, epochs=ep["hyb"], lr=0.01, reg={"l1": 1e-3}, seed=seed, progress=progress,
-            patience=10**9, desc="hybrid", **tol)
+    r = fit(
+        hyb,
+        train,
+        observe=hyb_obs,
+        epochs=ep["hyb"],
+        lr=0.01,
+        reg={"l1": 1e-3},
+        seed=seed,
+        progress=progress,
+        patience=10**9,
+        desc="hybrid",
+        **tol,
+    )
     sp.prune_magnitude(hyb, 0.8)
-    r2 = fit(hyb, train, observe=hyb_obs, epochs=ep["retrain"], lr=0.005, reg={"l1": 1e-3}, seed=seed,
-             progress=progress, patience=10**9, desc="hybrid retrain", **tol)
+    r2 = fit(
+        hyb,
+        train,
+        observe=hyb_obs,
+        epochs=ep["retrain"],
+        lr=0.005,
+        reg={"l1": 1e-3},
+        seed=seed,
+        progress=progress,
+        patience=10**9,
+        desc="hybrid retrain",
+        **tol,
+    )
     r.history += r2.history
     rows["hybrid"] = (hyb, hyb_obs, time.perf_counter() - t0, r)
 
     table = {}
     for name, (f, o, secs, res) in rows.items():
         ev = evaluate(f, test, o, **tol)
-        table[name] = {"test_rmse": ev["rmse"], "nonzero_params": count_nonzero(f, o),
-                       "sparsity": sp.weight_sparsity(f) if f.nn is not None else float("nan"),
-                       "nfe": ev["nfe"], "seconds": secs, "train_rmse": evaluate(f, train, o, **tol)["rmse"]}
+        table[name] = {
+            "test_rmse": ev["rmse"],
+            "nonzero_params": count_nonzero(f, o),
+            "sparsity": sp.weight_sparsity(f) if f.nn is not None else float("nan"),
+            "nfe": ev["nfe"],
+            "seconds": secs,
+            "train_rmse": evaluate(f, train, o, **tol)["rmse"],
+        }
         fields[name] = (f, o)
     if plot:
         try:
@@ -119,8 +149,10 @@ def run(quick: bool = True, seed: int = 0, plot: str = "hnode_demo.png", progres
 
 def _plot(path, fields, test, tol):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     n = len(test)
     fig, axes = plt.subplots(1, n + 1, figsize=(4 * (n + 1), 3.6))
     dense = torch.linspace(0, 25, 101, dtype=torch.float64)
@@ -130,9 +162,12 @@ def _plot(path, fields, test, tol):
                 s = test[b]
                 from .events import Events
                 from .solve import odeint
-                ev = Events(times=torch.tensor([s.dose_times.tolist()], dtype=torch.float64),
-                            states=torch.tensor([s.dose_states.tolist()]),
-                            amounts=torch.tensor([s.dose_amounts.tolist()], dtype=torch.float64))
+
+                ev = Events(
+                    times=torch.tensor([s.dose_times.tolist()], dtype=torch.float64),
+                    states=torch.tensor([s.dose_states.tolist()]),
+                    amounts=torch.tensor([s.dose_amounts.tolist()], dtype=torch.float64),
+                )
                 y = odeint(f, torch.zeros(1, 2, dtype=torch.float64), dense, events=ev, **tol)
                 axes[b].plot(dense.numpy(), o(y)[:, 0, 0].numpy(), label=name)
     for b in range(n):
@@ -171,13 +206,24 @@ def main(argv=None) -> int:
     print(f"{'model':<13}{'test RMSE':>10}{'train RMSE':>11}{'nonzero':>9}{'sparsity':>10}{'NFE':>7}{'sec':>7}")
     for name, r in tab.items():
         spars = "-" if math.isnan(r["sparsity"]) else f"{r['sparsity']:.2f}"
-        print(f"{name:<13}{r['test_rmse']:>10.3f}{r['train_rmse']:>11.3f}{r['nonzero_params']:>9d}{spars:>10}"
-              f"{r['nfe']:>7.0f}{r['seconds']:>7.1f}")
+        print(
+            f"{name:<13}{r['test_rmse']:>10.3f}{r['train_rmse']:>11.3f}{r['nonzero_params']:>9d}{spars:>10}"
+            f"{r['nfe']:>7.0f}{r['seconds']:>7.1f}"
+        )
     if out["plot"]:
         print(f"plot: {out['plot']}")
     if a.json:
-        print(json.dumps({
-            "hybrid_test_rmse": tab["hybrid"]["test_rmse"], "mechanistic_test_rmse": tab["mechanistic"]["test_rmse"],
-            "blackbox_test_rmse": tab["blackbox"]["test_rmse"], "sparsity": tab["hybrid"]["sparsity"],
-            "nonzero_params": tab["hybrid"]["nonzero_params"], "seconds": secs, "table": tab}))
+        print(
+            json.dumps(
+                {
+                    "hybrid_test_rmse": tab["hybrid"]["test_rmse"],
+                    "mechanistic_test_rmse": tab["mechanistic"]["test_rmse"],
+                    "blackbox_test_rmse": tab["blackbox"]["test_rmse"],
+                    "sparsity": tab["hybrid"]["sparsity"],
+                    "nonzero_params": tab["hybrid"]["nonzero_params"],
+                    "seconds": secs,
+                    "table": tab,
+                }
+            )
+        )
     return 0

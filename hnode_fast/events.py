@@ -1,5 +1,6 @@
 """Per-trajectory discontinuities: bolus doses (:class:`Events`) and piecewise-constant
 exogenous inputs (:class:`Inputs`). Both restart the integrator at their times."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ class Events:
         if not (self.times.shape == self.states.shape == self.amounts.shape):
             raise ValueError(
                 f"events.times, events.states, events.amounts must have the same shape, got "
-                f"{tuple(self.times.shape)}, {tuple(self.states.shape)}, {tuple(self.amounts.shape)}")
+                f"{tuple(self.times.shape)}, {tuple(self.states.shape)}, {tuple(self.amounts.shape)}"
+            )
         if torch.isnan(self.times).any() or (self.times == -float("inf")).any():
             raise ValueError("events.times must not contain NaN or -inf (pad with +inf)")
         real = torch.isfinite(self.times)
@@ -81,8 +83,7 @@ class Inputs:
         if v.dim() == 2:
             v = v.unsqueeze(0)
         if v.dim() != 3 or v.shape[:2] != self.times.shape:
-            raise ValueError(f"inputs.values must have shape (B, J, K) with (B, J) = {tuple(self.times.shape)}, "
-                             f"got {tuple(v.shape)}")
+            raise ValueError(f"inputs.values must have shape (B, J, K) with (B, J) = {tuple(self.times.shape)}, got {tuple(v.shape)}")
         self.values = v
         if torch.isnan(self.times).any():
             raise ValueError("inputs.times must not contain NaN")

@@ -30,6 +30,7 @@ Example::
     >>> sorted(graph.partial_transitive_closure(4, [(0, 1), (1, 2), (2, 3)], inputs=[0], observables=[3]))
     [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)]
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -53,6 +54,7 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- validation
+
 
 def _check_n(n, name: str = "n") -> int:
     if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
@@ -119,6 +121,7 @@ def _bfs(starts: Iterable[int], adj: List[List[int]], allowed: Optional[Set[int]
 
 
 # ----------------------------------------------------------------------------- SCCs
+
 
 def strongly_connected_components(n: int, edges: Iterable[Edge]) -> List[List[int]]:
     """Maximal strongly connected components (iterative Tarjan).
@@ -241,6 +244,7 @@ def collapse_sccs(n: int, edges: Iterable[Edge], keep: Iterable[Iterable[int]] =
 
 # ----------------------------------------------------------------------------- reachability
 
+
 def reachable(n: int, edges: Iterable[Edge], sources: Union[int, Iterable[int]], reverse: bool = False) -> Set[int]:
     """Nodes reachable from ``sources`` (included) along edges; ``reverse=True`` follows them
     backwards (the nodes that reach ``sources``)."""
@@ -271,8 +275,7 @@ def pathway_nodes(n: int, edges: Iterable[Edge], source: int, target: int) -> Se
     return fwd & _bfs([target], pred)
 
 
-def partial_transitive_closure(n: int, edges: Iterable[Edge], inputs: Iterable[int],
-                               observables: Iterable[int]) -> Set[Edge]:
+def partial_transitive_closure(n: int, edges: Iterable[Edge], inputs: Iterable[int], observables: Iterable[int]) -> Set[Edge]:
     """Shortcut edges along input -> observable pathways (HGS step 2).
 
     For every input ``x`` and observable ``s`` reachable from ``x``, let ``P`` be
@@ -383,8 +386,14 @@ def parents(n: int, edges: Iterable[Edge]) -> List[List[int]]:
 
 # ----------------------------------------------------------------------------- masks
 
-def block_masks(n_states: int, edges: Iterable[Edge], hidden_per_state: Union[int, Sequence[int]] = (16,),
-                n_inputs: int = 0, input_edges: Iterable[Edge] = ()) -> List[torch.Tensor]:
+
+def block_masks(
+    n_states: int,
+    edges: Iterable[Edge],
+    hidden_per_state: Union[int, Sequence[int]] = (16,),
+    n_inputs: int = 0,
+    input_edges: Iterable[Edge] = (),
+) -> List[torch.Tensor]:
     """Block masks that turn ONE masked MLP into the HGS per-state networks.
 
     HGS uses one network per state, ``ds_i/dt = NN_i(S_pa(i), X_pa(i))``. Stacking them gives

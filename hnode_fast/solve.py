@@ -3,6 +3,7 @@
 See DESIGN.md's numerical contract. ``odeint`` validates everything, then hands the problem
 to a backend (``hnode_fast.backends``).
 """
+
 from __future__ import annotations
 
 import math
@@ -86,10 +87,13 @@ def _traced_events(events: Events, B: int, D: int, t0: torch.Tensor, deferred: l
     if events.times.shape[0] != B:
         raise ValueError(f"events have {events.times.shape[0]} rows but the batch has {B} trajectories")
     real = torch.isfinite(events.times)
-    deferred.append((~(((events.states < 0) | (events.states >= D)) & real).any(),
-                     f"events.states must be state indices in [0, {D})"))
-    deferred.append((~((events.times < t0.to(events.times.device)[:, None]) & real).any(),
-                     "events.times must not be earlier than the trajectory's first time"))
+    deferred.append((~(((events.states < 0) | (events.states >= D)) & real).any(), f"events.states must be state indices in [0, {D})"))
+    deferred.append(
+        (
+            ~((events.times < t0.to(events.times.device)[:, None]) & real).any(),
+            "events.times must not be earlier than the trajectory's first time",
+        )
+    )
     return events
 
 
@@ -172,8 +176,9 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
             raise ValueError(f"y0 has {D} states but the field has D={func.n_states}")
         p = next(iter(func.parameters()), None)
         if p is not None and p.dtype != y0.dtype:
-            raise ValueError(f"y0 dtype {y0.dtype} differs from the field's parameters ({p.dtype}); "
-                             f"convert one of them (e.g. field.to({y0.dtype}))")
+            raise ValueError(
+                f"y0 dtype {y0.dtype} differs from the field's parameters ({p.dtype}); convert one of them (e.g. field.to({y0.dtype}))"
+            )
         if p is not None and p.device != y0.device:
             raise ValueError(f"y0 is on {y0.device} but the field's parameters are on {p.device}")
         if inputs is None:
@@ -193,15 +198,38 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
             events = events.validate(B, D, out_t[:, 0])
         else:
             events = _traced_events(events, B, D, out_t[:, 0], deferred)
-    return Problem(func=func, field_like=field_like, y0=y, out_t=out_t, squeeze=squeeze, rtol=rtol, atol=atol,
-                   step_mode=step_mode, adjoint=adjoint, max_steps=max_steps, events=events, inputs=inputs,
-                   checks=deferred if deferred is not None else [])
+    return Problem(
+        func=func,
+        field_like=field_like,
+        y0=y,
+        out_t=out_t,
+        squeeze=squeeze,
+        rtol=rtol,
+        atol=atol,
+        step_mode=step_mode,
+        adjoint=adjoint,
+        max_steps=max_steps,
+        events=events,
+        inputs=inputs,
+        checks=deferred if deferred is not None else [],
+    )
 
 
-def odeint(func, y0, t, rtol: float = 1e-6, atol: float = 1e-8, method: str = "dopri5",
-           backend: str = "auto", adjoint: str = "discrete", step_mode: str = "per_sample",
-           events: Optional[Events] = None, max_steps: int = 10_000, return_stats: bool = False,
-           inputs: Optional[Inputs] = None):
+def odeint(
+    func,
+    y0,
+    t,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    method: str = "dopri5",
+    backend: str = "auto",
+    adjoint: str = "discrete",
+    step_mode: str = "per_sample",
+    events: Optional[Events] = None,
+    max_steps: int = 10_000,
+    return_stats: bool = False,
+    inputs: Optional[Inputs] = None,
+):
     """Solve ``dy/dt = func(t, y)`` with adaptive Dormand–Prince 5(4) (scipy ``RK45`` rules).
 
     Args:

@@ -5,6 +5,7 @@
 ``local``). Adam with ``ReduceLROnPlateau(factor 0.5, patience 20)`` (Aliee et al.'s schedule),
 early stopping on a validation split by subject, best-state restore, checkpoints, tqdm progress.
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,13 @@ class FitResult:
 def _problem(data: LongitudinalDataset, dtype, device) -> Dict[str, Any]:
     b = data.batch(dtype=torch.float64)
     ev = Events(times=b["event_times"], states=b["event_states"], amounts=b["event_amounts"].to(dtype))
-    return {"t": b["t"].to(device), "y": b["y"].to(dtype=dtype, device=device), "mask": b["obs_mask"].to(device),
-            "events": ev, "B": b["t"].shape[0]}
+    return {
+        "t": b["t"].to(device),
+        "y": b["y"].to(dtype=dtype, device=device),
+        "mask": b["obs_mask"].to(device),
+        "events": ev,
+        "B": b["t"].shape[0],
+    }
 
 
 def _params_dtype(field: nn.Module):
@@ -74,8 +80,17 @@ def _params_dtype(field: nn.Module):
     return p.dtype, p.device
 
 
-def predict(field: HybridField, data: LongitudinalDataset, observe: nn.Module, y0=None, rtol=1e-5, atol=1e-7,
-            backend="auto", return_stats=False, t_extra: Optional[torch.Tensor] = None):
+def predict(
+    field: HybridField,
+    data: LongitudinalDataset,
+    observe: nn.Module,
+    y0=None,
+    rtol=1e-5,
+    atol=1e-7,
+    backend="auto",
+    return_stats=False,
+    t_extra: Optional[torch.Tensor] = None,
+):
     """Solve every subject; returns ``(obs (T, B, n_obs), batch dict[, stats])``."""
     dtype, device = _params_dtype(field)
     P = _problem(data, dtype, device)
@@ -94,7 +109,7 @@ def masked_mse(pred: torch.Tensor, P: dict) -> torch.Tensor:
     n = m.sum()
     if int(n) == 0:
         raise ValueError("no observed values in the data")
-    return (diff ** 2).sum() / n
+    return (diff**2).sum() / n
 
 
 def evaluate(field, data, observe, **kw) -> Dict[str, float]:
@@ -128,12 +143,28 @@ def regularization(field: HybridField, reg: Dict[str, float]) -> torch.Tensor:
     return total
 
 
-def fit(field: HybridField, data: LongitudinalDataset, *, observe: Optional[nn.Module] = None,
-        val: Optional[LongitudinalDataset] = None, epochs: int = 300, lr: float = 2e-3,
-        reg: Optional[Dict[str, float]] = None, patience: int = 60, plateau_patience: int = 20,
-        plateau_factor: float = 0.5, rtol: float = 1e-5, atol: float = 1e-7, backend: str = "auto",
-        y0: Optional[Callable] = None, seed: int = 0, progress: bool = True, checkpoint: Optional[str] = None,
-        local_rtol: Optional[float] = None, desc: str = "fit") -> FitResult:
+def fit(
+    field: HybridField,
+    data: LongitudinalDataset,
+    *,
+    observe: Optional[nn.Module] = None,
+    val: Optional[LongitudinalDataset] = None,
+    epochs: int = 300,
+    lr: float = 2e-3,
+    reg: Optional[Dict[str, float]] = None,
+    patience: int = 60,
+    plateau_patience: int = 20,
+    plateau_factor: float = 0.5,
+    rtol: float = 1e-5,
+    atol: float = 1e-7,
+    backend: str = "auto",
+    y0: Optional[Callable] = None,
+    seed: int = 0,
+    progress: bool = True,
+    checkpoint: Optional[str] = None,
+    local_rtol: Optional[float] = None,
+    desc: str = "fit",
+) -> FitResult:
     """Train ``field`` (and ``observe``) on ``data`` by full-batch Adam.
 
     Args:
@@ -178,6 +209,7 @@ def fit(field: HybridField, data: LongitudinalDataset, *, observe: Optional[nn.M
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=epochs, desc=desc, leave=False, dynamic_ncols=True)
     t_start = time.perf_counter()
     nfe_sum, nfe_n = 0.0, 0
@@ -192,15 +224,13 @@ def fit(field: HybridField, data: LongitudinalDataset, *, observe: Optional[nn.M
         if lam_local:
             t_reg = sp.sample_t_reg(t_grid, generator=gen).to(device)
             t_aug, order = torch.sort(torch.cat([t_grid, t_reg[:, None]], dim=1), dim=1)
-            y_all, st = odeint(field, init(B), t_aug, rtol=rtol, atol=atol, events=P["events"], backend=backend,
-                               return_stats=True)
+            y_all, st = odeint(field, init(B), t_aug, rtol=rtol, atol=atol, events=P["events"], backend=backend, return_stats=True)
             pos = torch.argsort(order, dim=1)  # where each original column went
             bidx = torch.arange(B, device=device)
             y = torch.stack([y_all[pos[:, j], bidx] for j in range(t_grid.shape[1])])
             y_reg = y_all[pos[:, -1], bidx]
         else:
-            y, st = odeint(field, init(B), t_grid, rtol=rtol, atol=atol, events=P["events"], backend=backend,
-                           return_stats=True)
+            y, st = odeint(field, init(B), t_grid, rtol=rtol, atol=atol, events=P["events"], backend=backend, return_stats=True)
         nfe_sum += float(st.nfe.double().mean())
         nfe_n += 1
         if bool((st.status != 0).any()):
@@ -224,9 +254,16 @@ def fit(field: HybridField, data: LongitudinalDataset, *, observe: Optional[nn.M
             val_loss = float(mse.detach())
         sched.step(val_loss)
         sparsity = sp.weight_sparsity(field) if field.nn is not None else 0.0
-        rec = {"epoch": epoch, "loss": float(loss.detach()), "mse": float(mse.detach()), "val": val_loss, "sparsity": sparsity,
-               "nfe": float(st.nfe.double().mean()), "lr": opt.param_groups[0]["lr"],
-               "failed": int((st.status != 0).sum())}
+        rec = {
+            "epoch": epoch,
+            "loss": float(loss.detach()),
+            "mse": float(mse.detach()),
+            "val": val_loss,
+            "sparsity": sparsity,
+            "nfe": float(st.nfe.double().mean()),
+            "lr": opt.param_groups[0]["lr"],
+            "failed": int((st.status != 0).sum()),
+        }
         res.history.append(rec)
         if val_loss < res.best_val:
             res.best_val, res.best_epoch = val_loss, epoch
@@ -238,8 +275,7 @@ def fit(field: HybridField, data: LongitudinalDataset, *, observe: Optional[nn.M
             since_best += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4g}", val=f"{val_loss:.4g}", sparsity=f"{sparsity:.2f}",
-                            nfe=f"{rec['nfe']:.0f}")
+            bar.set_postfix(loss=f"{rec['loss']:.4g}", val=f"{val_loss:.4g}", sparsity=f"{sparsity:.2f}", nfe=f"{rec['nfe']:.0f}")
         if since_best >= patience:
             res.stopped_early = True
             break
@@ -255,8 +291,9 @@ def fit(field: HybridField, data: LongitudinalDataset, *, observe: Optional[nn.M
     return res
 
 
-def select_regularization(make: Callable[[], tuple], data: LongitudinalDataset, key: str, values: Sequence[float],
-                          k: int = 3, seed: int = 0, **fit_kwargs) -> tuple:
+def select_regularization(
+    make: Callable[[], tuple], data: LongitudinalDataset, key: str, values: Sequence[float], k: int = 3, seed: int = 0, **fit_kwargs
+) -> tuple:
     """K-fold choice of one regularizer weight (HGS's cross-validated lambda).
 
     ``make() -> (field, observe)`` builds a fresh model. Returns ``(best_value, {value: mean
@@ -270,16 +307,16 @@ def select_regularization(make: Callable[[], tuple], data: LongitudinalDataset, 
         errs = []
         for train, val in data.kfold(k, seed=seed):
             field, observe = make()
-            r = fit(field, train, observe=observe, val=val, reg={**base_reg, key: v}, seed=seed, progress=False,
-                    **fit_kwargs)
+            r = fit(field, train, observe=observe, val=val, reg={**base_reg, key: v}, seed=seed, progress=False, **fit_kwargs)
             errs.append(r.best_val)
         scores[float(v)] = sum(errs) / len(errs)
     best = min(scores, key=scores.__getitem__)
     return best, scores
 
 
-def prune_retrain(field: HybridField, data: LongitudinalDataset, fractions: Sequence[float] = (0.5, 0.7, 0.9),
-                  epochs: int = 100, **fit_kwargs) -> List[FitResult]:
+def prune_retrain(
+    field: HybridField, data: LongitudinalDataset, fractions: Sequence[float] = (0.5, 0.7, 0.9), epochs: int = 100, **fit_kwargs
+) -> List[FitResult]:
     """Iterative magnitude pruning: for each fraction, prune the network to it, then retrain."""
     out = []
     for fr in fractions:

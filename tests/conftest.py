@@ -1,4 +1,5 @@
 """Shared fixtures: fresh random inputs every run (seed printed), float64 strict mode."""
+
 import os
 import random
 
@@ -29,8 +30,19 @@ def seed():
 SMOOTH_HILL = (2.0, 3.0)
 
 
-def random_field(D=3, hidden=(8, 8), activation="tanh", n_inputs=0, mech=True, nn=True, dtype=torch.float64,
-                 mask_density=None, nn_inputs=False, scale=0.5, hill_n=(2.0, 1.5)):
+def random_field(
+    D=3,
+    hidden=(8, 8),
+    activation="tanh",
+    n_inputs=0,
+    mech=True,
+    nn=True,
+    dtype=torch.float64,
+    mask_density=None,
+    nn_inputs=False,
+    scale=0.5,
+    hill_n=(2.0, 1.5),
+):
     """A random hybrid field exercising every term kind (non-stiff, bounded for t <= ~5).
 
     The Hill terms use ``max(z, 0) ** n``: with the default exponent 1.5 the Jacobian is not

@@ -1,4 +1,5 @@
 """Bad input raises ValueError naming the argument; nothing segfaults or hangs."""
+
 import pytest
 import torch
 from conftest import random_field
@@ -17,34 +18,37 @@ Y0 = lambda: torch.rand(2, 2, dtype=f64)  # noqa: E731
 T = lambda: torch.linspace(0, 1, 3, dtype=f64)  # noqa: E731
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(y0=torch.tensor([[nan, 1.0]], dtype=f64)), "y0"),
-    (dict(y0=torch.tensor([[inf, 1.0]], dtype=f64)), "y0"),
-    (dict(y0=torch.rand(2, 3, dtype=f64)), "y0"),
-    (dict(y0=torch.rand(2, 2, 2, dtype=f64)), "y0"),
-    (dict(y0=torch.ones(2, 2, dtype=torch.int64)), "y0"),
-    (dict(y0=[[1.0, 2.0]]), "y0"),
-    (dict(y0=torch.rand(2, 2, dtype=torch.float32)), "dtype"),
-    (dict(t=torch.tensor([0.0, 1.0, 1.0], dtype=f64)), "strictly increasing"),
-    (dict(t=torch.tensor([1.0, 0.0], dtype=f64)), "strictly increasing"),
-    (dict(t=torch.tensor([0.0, nan], dtype=f64)), "t contains"),
-    (dict(t=torch.rand(3, 4, dtype=f64).cumsum(1)), "rows"),
-    (dict(t=torch.zeros(0, dtype=f64)), "t must"),
-    (dict(rtol=-1e-3), "rtol"),
-    (dict(atol=-1.0), "atol"),
-    (dict(atol=nan), "atol"),
-    (dict(rtol=0.0, atol=0.0), "both"),
-    (dict(method="rk4"), "method"),
-    (dict(adjoint="magic"), "adjoint"),
-    (dict(step_mode="lockstep"), "step_mode"),
-    (dict(max_steps=0), "max_steps"),
-    (dict(backend="tpu"), "backend"),
-    (dict(step_mode="shared", t=torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=f64)), "shared"),
-    (dict(events=hf.Events(times=[[0.5]], states=[[7]], amounts=[[1.0]])), "events.states"),
-    (dict(events=hf.Events(times=[[-0.5]], states=[[0]], amounts=[[1.0]])), "events.times"),
-    (dict(events=hf.Events(times=[[0.5]] * 3, states=[[0]] * 3, amounts=[[1.0]] * 3)), "rows"),
-    (dict(inputs=hf.Inputs(times=[[0.0]], values=[[[1.0]]])), "inputs"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(y0=torch.tensor([[nan, 1.0]], dtype=f64)), "y0"),
+        (dict(y0=torch.tensor([[inf, 1.0]], dtype=f64)), "y0"),
+        (dict(y0=torch.rand(2, 3, dtype=f64)), "y0"),
+        (dict(y0=torch.rand(2, 2, 2, dtype=f64)), "y0"),
+        (dict(y0=torch.ones(2, 2, dtype=torch.int64)), "y0"),
+        (dict(y0=[[1.0, 2.0]]), "y0"),
+        (dict(y0=torch.rand(2, 2, dtype=torch.float32)), "dtype"),
+        (dict(t=torch.tensor([0.0, 1.0, 1.0], dtype=f64)), "strictly increasing"),
+        (dict(t=torch.tensor([1.0, 0.0], dtype=f64)), "strictly increasing"),
+        (dict(t=torch.tensor([0.0, nan], dtype=f64)), "t contains"),
+        (dict(t=torch.rand(3, 4, dtype=f64).cumsum(1)), "rows"),
+        (dict(t=torch.zeros(0, dtype=f64)), "t must"),
+        (dict(rtol=-1e-3), "rtol"),
+        (dict(atol=-1.0), "atol"),
+        (dict(atol=nan), "atol"),
+        (dict(rtol=0.0, atol=0.0), "both"),
+        (dict(method="rk4"), "method"),
+        (dict(adjoint="magic"), "adjoint"),
+        (dict(step_mode="lockstep"), "step_mode"),
+        (dict(max_steps=0), "max_steps"),
+        (dict(backend="tpu"), "backend"),
+        (dict(step_mode="shared", t=torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=f64)), "shared"),
+        (dict(events=hf.Events(times=[[0.5]], states=[[7]], amounts=[[1.0]])), "events.states"),
+        (dict(events=hf.Events(times=[[-0.5]], states=[[0]], amounts=[[1.0]])), "events.times"),
+        (dict(events=hf.Events(times=[[0.5]] * 3, states=[[0]] * 3, amounts=[[1.0]] * 3)), "rows"),
+        (dict(inputs=hf.Inputs(times=[[0.0]], values=[[[1.0]]])), "inputs"),
+    ],
+)
 def test_bad_odeint_arguments(kwargs, match):
     args = dict(func=field(), y0=Y0(), t=T())
     args.update(kwargs)
@@ -84,5 +88,4 @@ def test_field_with_inputs_needs_inputs():
     with pytest.raises(ValueError, match="inputs"):
         hf.odeint(hf.HybridField(mech=mech), torch.ones(1, 1, dtype=f64), T())
     with pytest.raises(ValueError, match="K=1"):
-        hf.odeint(hf.HybridField(mech=mech), torch.ones(1, 1, dtype=f64), T(),
-                  inputs=hf.Inputs(times=[[0.0]], values=[[[1.0, 2.0]]]))
+        hf.odeint(hf.HybridField(mech=mech), torch.ones(1, 1, dtype=f64), T(), inputs=hf.Inputs(times=[[0.0]], values=[[[1.0, 2.0]]]))

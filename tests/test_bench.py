@@ -1,4 +1,5 @@
 """The benchmark harness (hnode_fast.bench): problems, providers, reports. Never asserts timings."""
+
 from __future__ import annotations
 
 import csv
@@ -70,12 +71,13 @@ def test_run_rows_and_a_failing_peer(monkeypatch):
 
         def broken(y0, t):
             raise RuntimeError("boom")
+
         out["broken"] = broken
         return out
+
     monkeypatch.setattr(hb, "providers", with_broken)
     msgs = []
-    rows = hb.run(["mlp_small"], [2], ["fwd", "fwd+bwd", "epoch"], repeats=1, epoch_batches=2,
-                  skip=["torchode"], progress=msgs.append)
+    rows = hb.run(["mlp_small"], [2], ["fwd", "fwd+bwd", "epoch"], repeats=1, epoch_batches=2, skip=["torchode"], progress=msgs.append)
     solvers = {r["solver"] for r in rows}
     assert "broken" not in solvers and "torchode" not in solvers
     assert {"hnode_reference", "torchdiffeq"} <= solvers
@@ -91,8 +93,25 @@ def test_run_rows_and_a_failing_peer(monkeypatch):
 
 def test_main_writes_reports(tmp_path):
     out = tmp_path / "res"
-    rc = hb.main(["--problems", "mlp_small", "--batches", "1,2", "--modes", "fwd,epoch", "--repeats", "1",
-                  "--epoch-batches", "2", "--skip", "hnode_reference", "--out", str(out), "--quiet"])
+    rc = hb.main(
+        [
+            "--problems",
+            "mlp_small",
+            "--batches",
+            "1,2",
+            "--modes",
+            "fwd,epoch",
+            "--repeats",
+            "1",
+            "--epoch-batches",
+            "2",
+            "--skip",
+            "hnode_reference",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     md = (out / "bench.md").read_text()
     assert "| mlp_small | fwd | 1 |" in md and "| mlp_small | epoch | 2 |" in md and "torchdiffeq" in md
@@ -120,8 +139,25 @@ def test_main_rejects_unknown_names(tmp_path):
 
 def test_machine_record_keys():
     info = hb.machine()
-    for k in ("cpu", "cores", "threads", "gpu", "os", "python", "torch", "cuda", "numpy", "scipy", "torchdiffeq",
-              "torchode", "triton", "hnode_fast", "backends", "cpu_isa", "load_avg_1m"):
+    for k in (
+        "cpu",
+        "cores",
+        "threads",
+        "gpu",
+        "os",
+        "python",
+        "torch",
+        "cuda",
+        "numpy",
+        "scipy",
+        "torchdiffeq",
+        "torchode",
+        "triton",
+        "hnode_fast",
+        "backends",
+        "cpu_isa",
+        "load_avg_1m",
+    ):
         assert isinstance(info.get(k), str), k
     assert int(info["threads"]) == torch.get_num_threads()
 
@@ -132,7 +168,7 @@ def test_measure_and_peak_memory():
     assert n == 3 and len(calls) == 4 and sec >= 0
     _, n = hb.measure(lambda: None, repeats=5, warmup=0, max_seconds=1.0, estimate=0.4)
     assert n == 2
-    mb, sec = hb.peak_memory_mb(lambda: torch.ones(64 * 2 ** 20 // 8, dtype=f64).sum(), "cpu")
+    mb, sec = hb.peak_memory_mb(lambda: torch.ones(64 * 2**20 // 8, dtype=f64).sum(), "cpu")
     if mb == mb:  # NaN where /proc/self/clear_refs cannot be written
         assert mb > 32
     assert sec >= 0

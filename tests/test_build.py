@@ -72,8 +72,7 @@ def test_dopri5_tableau_equals_scipy_rk45():
 
 
 def test_dopri5_tableau_consistency():
-    tab = {k: np.asarray(v, dtype=np.float64) for k, v in _native.dopri5_tableau().items()
-           if k in "ABCEP"}
+    tab = {k: np.asarray(v, dtype=np.float64) for k, v in _native.dopri5_tableau().items() if k in "ABCEP"}
     A, B, C, E, P = tab["A"], tab["B"], tab["C"], tab["E"], tab["P"]
     np.testing.assert_allclose(A.sum(axis=1), C, rtol=0, atol=1e-15)  # row sums = nodes
     assert B.sum() == pytest.approx(1.0, abs=1e-15)

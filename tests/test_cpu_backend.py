@@ -1,5 +1,6 @@
 """The compiled CPU backend against the reference: field eval/VJP, whole solves (same accepted
 steps, float64 to ~1e-12), float32, events, inputs, grids, failures, gradients, the custom op."""
+
 import os
 import subprocess
 import sys
@@ -106,12 +107,15 @@ def test_events_inputs_and_per_trajectory_grids(seed):
     B, D, K = 4, 3, 2
     f = random_field(D=D, hidden=(8, 8), n_inputs=K, nn_inputs=True)
     inf = float("inf")
-    ev = hf.Events(times=torch.tensor([[0.0, 0.7, 0.7, inf], [1.1, inf, inf, inf], [0.3, 2.5, inf, inf],
-                                       [inf, inf, inf, inf]], dtype=f64),
-                   states=torch.tensor([[0, 1, 1, 0], [2, 0, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0]]),
-                   amounts=torch.rand(B, 4, dtype=f64))
-    inp = hf.Inputs(times=torch.tensor([[0.0, 1.0, 1.7], [-1.0, 0.7, inf], [0.5, 0.9, 2.2], [0.2, 0.4, 0.6]],
-                                       dtype=f64), values=torch.randn(B, 3, K, dtype=f64))
+    ev = hf.Events(
+        times=torch.tensor([[0.0, 0.7, 0.7, inf], [1.1, inf, inf, inf], [0.3, 2.5, inf, inf], [inf, inf, inf, inf]], dtype=f64),
+        states=torch.tensor([[0, 1, 1, 0], [2, 0, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0]]),
+        amounts=torch.rand(B, 4, dtype=f64),
+    )
+    inp = hf.Inputs(
+        times=torch.tensor([[0.0, 1.0, 1.7], [-1.0, 0.7, inf], [0.5, 0.9, 2.2], [0.2, 0.4, 0.6]], dtype=f64),
+        values=torch.randn(B, 3, K, dtype=f64),
+    )
     t = torch.sort(torch.rand(B, 9, dtype=f64) * 3, dim=1).values
     t[:, 0] = 0.0
     t[0] = torch.tensor([0.0, 0.2, 0.4, 0.55, 0.7, 1.2, 1.9, 2.4, 3.0])  # 0.7: output at a dose (pre-dose)
@@ -150,18 +154,19 @@ def test_blow_up_status_and_nan_like_reference():
 def test_max_steps_like_reference(seed):
     f = random_field(D=2, hidden=(4,))
     with torch.no_grad():
-        (yr, sr), (yc, sc) = both(f, torch.rand(3, 2, dtype=f64), torch.linspace(0, 5, 4, dtype=f64),
-                                  rtol=1e-12, atol=1e-14, max_steps=7)
+        (yr, sr), (yc, sc) = both(f, torch.rand(3, 2, dtype=f64), torch.linspace(0, 5, 4, dtype=f64), rtol=1e-12, atol=1e-14, max_steps=7)
     assert (sc.status == 1).all() and ((sc.n_steps + sc.n_rejected) == 7).all()
     assert_same_stats(sr, sc)
     assert_close_nan(yc, yr)
 
 
 def test_isa_builds_agree_bitwise():
-    code = ("import torch, hnode_fast as hf, sys; sys.path.insert(0, 'tests'); from conftest import SMOOTH_HILL, random_field;"
-            "torch.manual_seed(3); f = random_field(D=5, hidden=(16, 16));"
-            "y = hf.odeint(f, torch.rand(7, 5, dtype=torch.float64), torch.linspace(0, 2, 5, dtype=torch.float64),"
-            " backend='cpu'); print(repr(y.detach().flatten().tolist()))")
+    code = (
+        "import torch, hnode_fast as hf, sys; sys.path.insert(0, 'tests'); from conftest import SMOOTH_HILL, random_field;"
+        "torch.manual_seed(3); f = random_field(D=5, hidden=(16, 16));"
+        "y = hf.odeint(f, torch.rand(7, 5, dtype=torch.float64), torch.linspace(0, 2, 5, dtype=torch.float64),"
+        " backend='cpu'); print(repr(y.detach().flatten().tolist()))"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     outs = []
     for isa in ("base", "auto"):
@@ -187,8 +192,11 @@ def test_gradients_equal_autograd_through_reference(case, seed):
         # smooth Hill exponents: with n=1.5 a state grazing 0 amplifies 1e-13 rounding into 1e-9
         # gradient differences (seeds 170, 194), which is conditioning, not a backend difference
         f = random_field(D=D, hidden=(8, 8), n_inputs=1, hill_n=SMOOTH_HILL)
-        kw["events"] = hf.Events(times=torch.tensor([[0.0, 0.8], [0.5, float("inf")], [1.2, 1.2]], dtype=f64),
-                                 states=torch.tensor([[0, 1], [2, 0], [3, 3]]), amounts=torch.rand(B, 2, dtype=f64))
+        kw["events"] = hf.Events(
+            times=torch.tensor([[0.0, 0.8], [0.5, float("inf")], [1.2, 1.2]], dtype=f64),
+            states=torch.tensor([[0, 1], [2, 0], [3, 3]]),
+            amounts=torch.rand(B, 2, dtype=f64),
+        )
         kw["inputs"] = hf.Inputs(times=torch.tensor([[0.3, 1.0]] * B, dtype=f64), values=torch.randn(B, 2, 1, dtype=f64))
     else:
         f = random_field(D=D, hidden=(8, 8), mask_density=0.5 if case == "masked" else None)
@@ -215,12 +223,10 @@ def test_gradients_equal_autograd_through_reference(case, seed):
 def test_event_amount_gradient_matches_reference(seed):
     f = random_field(D=3, hidden=(6,))
     amounts = torch.rand(2, 2, dtype=f64, requires_grad=True)
-    ev = hf.Events(times=torch.tensor([[0.0, 0.9], [0.4, 5.0]], dtype=f64), states=torch.tensor([[0, 2], [1, 1]]),
-                   amounts=amounts)
+    ev = hf.Events(times=torch.tensor([[0.0, 0.9], [0.4, 5.0]], dtype=f64), states=torch.tensor([[0, 2], [1, 1]]), amounts=amounts)
     y0 = torch.rand(2, 3, dtype=f64)
     t = torch.linspace(0, 2, 5, dtype=f64)
-    g = [torch.autograd.grad(hf.odeint(f, y0, t, events=ev, backend=be).pow(2).sum(), amounts)[0]
-         for be in ("reference", "cpu")]
+    g = [torch.autograd.grad(hf.odeint(f, y0, t, events=ev, backend=be).pow(2).sum(), amounts)[0] for be in ("reference", "cpu")]
     torch.testing.assert_close(g[1], g[0], rtol=1e-10, atol=1e-12)
     assert g[1][1, 1] == 0  # dose after the last output time is never applied
 
@@ -248,14 +254,14 @@ def test_gradcheck_op(cap):
     spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
 
     def fn(params, y0, ev_a):
-        y, st = torch.ops.hnode_fast.cpu_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
-                                               1e-1, 1e-1, 100, 1, cap)[:2]
+        y, st = torch.ops.hnode_fast.cpu_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, 1, cap)[
+            :2
+        ]
         return y
 
     params = spec.params.detach().clone().requires_grad_()
     with torch.no_grad():
-        _, st = torch.ops.hnode_fast.cpu_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
-                                               1e-1, 1e-1, 100, 1)[:2]
+        _, st = torch.ops.hnode_fast.cpu_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, 1)[:2]
     assert (st[:, 0] == 2).all() and (st[:, 1] == 0).all()  # one clipped step per segment
     assert torch.autograd.gradcheck(fn, (params, y0.requires_grad_(), ev_a.requires_grad_()), eps=1e-6, atol=1e-8)
 
@@ -264,8 +270,7 @@ def test_gradcheck_op(cap):
 def test_opcheck(cap):
     spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
     params = spec.params.detach().clone().requires_grad_()
-    args = (spec.ints, params, y0.requires_grad_(), out_t, stops, ev_t, ev_s, ev_a.requires_grad_(), in_t, in_v,
-            1e-1, 1e-1, 100, 1, cap)
+    args = (spec.ints, params, y0.requires_grad_(), out_t, stops, ev_t, ev_s, ev_a.requires_grad_(), in_t, in_v, 1e-1, 1e-1, 100, 1, cap)
     torch.library.opcheck(torch.ops.hnode_fast.cpu_solve.default, args)
 
 
@@ -284,8 +289,7 @@ def _bs_grads(f, y0, t, w, backend, adjoint="backsolve", **kw):
     y0 = y0.detach().clone().requires_grad_(True)
     params = [p for p in f.parameters() if p.requires_grad]
     y = hf.odeint(f, y0, t, backend=backend, adjoint=adjoint, **kw)
-    return torch.autograd.grad((y.nan_to_num() * w).sum() + (y.nan_to_num() ** 2).sum(), [y0] + params,
-                               allow_unused=True)
+    return torch.autograd.grad((y.nan_to_num() * w).sum() + (y.nan_to_num() ** 2).sum(), [y0] + params, allow_unused=True)
 
 
 def _assert_grads_close(gc, gr, rtol, atol):
@@ -314,12 +318,15 @@ def test_backsolve_events_inputs_grids_match_reference(seed):
     inf = float("inf")
     # doses at t0, at an output time, twice at one time, after t_end; switches before t0, at
     # an output time, padded
-    ev = hf.Events(times=torch.tensor([[0.0, 0.7, 0.7, inf], [1.1, inf, inf, inf], [0.3, 2.5, inf, inf],
-                                       [inf, inf, inf, inf]], dtype=f64),
-                   states=torch.tensor([[0, 1, 1, 0], [2, 0, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0]]),
-                   amounts=torch.rand(B, 4, dtype=f64))
-    inp = hf.Inputs(times=torch.tensor([[0.0, 1.2, 1.7], [-1.0, 0.7, inf], [0.5, 0.9, 2.2], [0.2, 0.4, 0.6]],
-                                       dtype=f64), values=torch.randn(B, 3, K, dtype=f64))
+    ev = hf.Events(
+        times=torch.tensor([[0.0, 0.7, 0.7, inf], [1.1, inf, inf, inf], [0.3, 2.5, inf, inf], [inf, inf, inf, inf]], dtype=f64),
+        states=torch.tensor([[0, 1, 1, 0], [2, 0, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0]]),
+        amounts=torch.rand(B, 4, dtype=f64),
+    )
+    inp = hf.Inputs(
+        times=torch.tensor([[0.0, 1.2, 1.7], [-1.0, 0.7, inf], [0.5, 0.9, 2.2], [0.2, 0.4, 0.6]], dtype=f64),
+        values=torch.randn(B, 3, K, dtype=f64),
+    )
     t = torch.sort(torch.rand(B, 7, dtype=f64) * 2.4, dim=1).values
     t[:, 0] = 0.0
     t[0] = torch.tensor([0.0, 0.2, 0.55, 0.7, 1.2, 1.9, 2.4])  # 0.7: dose, 1.2: switch
@@ -352,10 +359,12 @@ def test_backsolve_close_to_discrete(case, seed):
     kw = dict(rtol=1e-12, atol=1e-14)
     if case == "events_inputs":
         f = random_field(D=D, hidden=(6, 6), n_inputs=1, nn_inputs=True, mech=False)
-        kw["events"] = hf.Events(times=torch.tensor([[0.0, 0.8], [0.5, float("inf")], [1.2, 1.2]], dtype=f64),
-                                 states=torch.tensor([[0, 1], [2, 0], [1, 1]]), amounts=torch.rand(3, 2, dtype=f64))
-        kw["inputs"] = hf.Inputs(times=torch.tensor([[0.3, 1.0]] * 3, dtype=f64),
-                                 values=torch.randn(3, 2, 1, dtype=f64))
+        kw["events"] = hf.Events(
+            times=torch.tensor([[0.0, 0.8], [0.5, float("inf")], [1.2, 1.2]], dtype=f64),
+            states=torch.tensor([[0, 1], [2, 0], [1, 1]]),
+            amounts=torch.rand(3, 2, dtype=f64),
+        )
+        kw["inputs"] = hf.Inputs(times=torch.tensor([[0.3, 1.0]] * 3, dtype=f64), values=torch.randn(3, 2, 1, dtype=f64))
     else:
         f = random_field(D=D, hidden=(6, 6), mech=False)
     y0 = torch.rand(3, D, dtype=f64)
@@ -409,10 +418,27 @@ def test_backsolve_failed_forward_like_reference():
 
 def test_opcheck_backsolve():
     spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
-    y = torch.ops.hnode_fast.cpu_solve(spec.ints, spec.params.detach(), y0, out_t, stops, ev_t, ev_s, ev_a, in_t,
-                                       in_v, 1e-3, 1e-6, 100, 1)[0]
-    args = (torch.randn_like(y), spec.ints, spec.params.detach(), y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
-            y[-1].contiguous(), 1e-3, 1e-6, 100, 1)
+    y = torch.ops.hnode_fast.cpu_solve(spec.ints, spec.params.detach(), y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-3, 1e-6, 100, 1)[
+        0
+    ]
+    args = (
+        torch.randn_like(y),
+        spec.ints,
+        spec.params.detach(),
+        y0,
+        out_t,
+        stops,
+        ev_t,
+        ev_s,
+        ev_a,
+        in_t,
+        in_v,
+        y[-1].contiguous(),
+        1e-3,
+        1e-6,
+        100,
+        1,
+    )
     torch.library.opcheck(torch.ops.hnode_fast.cpu_solve_backsolve.default, args)
 
 
@@ -458,8 +484,14 @@ def test_spec_cache_sees_parameter_updates():
 def test_op_rejects_bad_arguments():
     spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
     good = [spec.ints, spec.params.detach(), y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-3, 1e-6, 100, 1]
-    for i, bad in ((1, spec.params.detach()[:-1]), (2, y0.float()), (3, out_t[:1]), (6, ev_s.long()),
-                   (6, ev_s + 5), (9, torch.zeros(2, 1, 3, dtype=f64))):
+    for i, bad in (
+        (1, spec.params.detach()[:-1]),
+        (2, y0.float()),
+        (3, out_t[:1]),
+        (6, ev_s.long()),
+        (6, ev_s + 5),
+        (9, torch.zeros(2, 1, 3, dtype=f64)),
+    ):
         args = list(good)
         args[i] = bad
         with pytest.raises((ValueError, RuntimeError)):

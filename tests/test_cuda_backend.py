@@ -8,6 +8,7 @@ Two groups:
 * device tests (skipped with "needs a CUDA device"): the same comparisons as
   tests/test_cpu_backend.py, on CUDA tensors, against the reference backend (run on the CPU).
 """
+
 import copy
 import os
 import shutil
@@ -26,8 +27,7 @@ DEV = "cuda"
 
 
 def _nvcc_present():
-    return bool(shutil.which("nvcc") or os.path.exists("/usr/local/bin/nvcc")
-                or os.path.exists("/usr/local/cuda/bin/nvcc"))
+    return bool(shutil.which("nvcc") or os.path.exists("/usr/local/bin/nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc"))
 
 
 # ---------------------------------------------------------------- no GPU needed
@@ -105,14 +105,28 @@ def test_ops_registered_with_fake_impls():
     y0 = torch.zeros(B, D, dtype=f64, **m)
     out_t = torch.zeros(B, T, dtype=f64, **m)
     ev_t = torch.zeros(B, E, dtype=f64, **m)
-    args = (ints, params, y0, out_t, ev_t, ev_t, torch.zeros(B, E, dtype=torch.int32, **m),
-            torch.zeros(B, E, dtype=f64, **m), torch.zeros(B, 0, dtype=f64, **m),
-            torch.zeros(B, 0, 0, dtype=f64, **m), 1e-6, 1e-8, 100, cap)
+    args = (
+        ints,
+        params,
+        y0,
+        out_t,
+        ev_t,
+        ev_t,
+        torch.zeros(B, E, dtype=torch.int32, **m),
+        torch.zeros(B, E, dtype=f64, **m),
+        torch.zeros(B, 0, dtype=f64, **m),
+        torch.zeros(B, 0, 0, dtype=f64, **m),
+        1e-6,
+        1e-8,
+        100,
+        cap,
+    )
     y, st, ck_t, ck_tn, ck_y, ck_j, ck_n = torch.ops.hnode_fast.cuda_solve(*args)
     assert y.shape == (T, B, D) and st.shape == (B, 4) and st.dtype == torch.int64
     assert ck_t.shape == (B, cap) and ck_y.shape == (B, cap, D) and ck_j.dtype == torch.uint8 and ck_n.shape == (B,)
-    gp, gy0, gev = torch.ops.hnode_fast.cuda_solve_backward(torch.zeros(T, B, D, dtype=f64, **m), *args[:13], st,
-                                                            ck_t, ck_tn, ck_y, ck_j, ck_n)
+    gp, gy0, gev = torch.ops.hnode_fast.cuda_solve_backward(
+        torch.zeros(T, B, D, dtype=f64, **m), *args[:13], st, ck_t, ck_tn, ck_y, ck_j, ck_n
+    )
     assert gp.shape == params.shape and gy0.shape == (B, D) and gev.shape == (B, E)
 
 
@@ -122,8 +136,7 @@ def both(f, y0, t, **kw):
     ev, inp = kw.pop("events", None), kw.pop("inputs", None)
     yr, sr = hf.odeint(f, y0, t, backend="reference", return_stats=True, events=ev, inputs=inp, **kw)
     fc = copy.deepcopy(f).to(DEV)
-    evc = None if ev is None else hf.Events(times=ev.times.to(DEV), states=ev.states.to(DEV),
-                                            amounts=ev.amounts.to(DEV))
+    evc = None if ev is None else hf.Events(times=ev.times.to(DEV), states=ev.states.to(DEV), amounts=ev.amounts.to(DEV))
     inc = None if inp is None else hf.Inputs(times=inp.times.to(DEV), values=inp.values.to(DEV))
     yc, sc = hf.odeint(fc, y0.to(DEV), t.to(DEV), backend="cuda", return_stats=True, events=evc, inputs=inc, **kw)
     return (yr, sr), (yc.cpu(), sc)
@@ -187,12 +200,15 @@ def test_events_inputs_and_per_trajectory_grids(seed):
     B, D, K = 4, 3, 2
     f = random_field(D=D, hidden=(8, 8), n_inputs=K, nn_inputs=True)
     inf = float("inf")
-    ev = hf.Events(times=torch.tensor([[0.0, 0.7, 0.7, inf], [1.1, inf, inf, inf], [0.3, 2.5, inf, inf],
-                                       [inf, inf, inf, inf]], dtype=f64),
-                   states=torch.tensor([[0, 1, 1, 0], [2, 0, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0]]),
-                   amounts=torch.rand(B, 4, dtype=f64))
-    inp = hf.Inputs(times=torch.tensor([[0.0, 1.0, 1.7], [-1.0, 0.7, inf], [0.5, 0.9, 2.2], [0.2, 0.4, 0.6]],
-                                       dtype=f64), values=torch.randn(B, 3, K, dtype=f64))
+    ev = hf.Events(
+        times=torch.tensor([[0.0, 0.7, 0.7, inf], [1.1, inf, inf, inf], [0.3, 2.5, inf, inf], [inf, inf, inf, inf]], dtype=f64),
+        states=torch.tensor([[0, 1, 1, 0], [2, 0, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0]]),
+        amounts=torch.rand(B, 4, dtype=f64),
+    )
+    inp = hf.Inputs(
+        times=torch.tensor([[0.0, 1.0, 1.7], [-1.0, 0.7, inf], [0.5, 0.9, 2.2], [0.2, 0.4, 0.6]], dtype=f64),
+        values=torch.randn(B, 3, K, dtype=f64),
+    )
     t = torch.sort(torch.rand(B, 9, dtype=f64) * 3, dim=1).values
     t[:, 0] = 0.0
     with torch.no_grad():
@@ -232,8 +248,7 @@ def test_blow_up_status_and_nan_like_reference():
 def test_max_steps_like_reference(seed):
     f = random_field(D=2, hidden=(4,))
     with torch.no_grad():
-        (yr, sr), (yc, sc) = both(f, torch.rand(3, 2, dtype=f64), torch.linspace(0, 5, 4, dtype=f64),
-                                  rtol=1e-12, atol=1e-14, max_steps=7)
+        (yr, sr), (yc, sc) = both(f, torch.rand(3, 2, dtype=f64), torch.linspace(0, 5, 4, dtype=f64), rtol=1e-12, atol=1e-14, max_steps=7)
     assert (_stat(sc, "status") == 1).all()
     assert_same_stats(sr, sc)
     assert_close_nan(yc, yr)
@@ -252,8 +267,11 @@ def test_gradients_equal_autograd_through_reference(case, seed):
     kw = {}
     f = random_field(D=D, hidden=(8, 8), mask_density=0.5 if case == "masked" else None)
     if case == "events":
-        kw["events"] = hf.Events(times=torch.tensor([[0.0, 0.8], [0.5, float("inf")], [1.2, 1.2]], dtype=f64),
-                                 states=torch.tensor([[0, 1], [2, 0], [3, 3]]), amounts=torch.rand(B, 2, dtype=f64))
+        kw["events"] = hf.Events(
+            times=torch.tensor([[0.0, 0.8], [0.5, float("inf")], [1.2, 1.2]], dtype=f64),
+            states=torch.tensor([[0, 1], [2, 0], [3, 3]]),
+            amounts=torch.rand(B, 2, dtype=f64),
+        )
     y0 = torch.rand(B, D, dtype=f64)
     t = torch.linspace(0, 2, 6, dtype=f64)
     w = torch.randn(6, B, D, dtype=f64)
@@ -293,8 +311,7 @@ def test_gradcheck_op(cap):
     spec, p0, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
 
     def fn(params, y0, ev_a):
-        return torch.ops.hnode_fast.cuda_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
-                                               1e-1, 1e-1, 100, cap)[0]
+        return torch.ops.hnode_fast.cuda_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, cap)[0]
 
     params = p0.clone().requires_grad_()
     assert torch.autograd.gradcheck(fn, (params, y0.requires_grad_(), ev_a.requires_grad_()), eps=1e-6, atol=1e-8)
@@ -304,8 +321,22 @@ def test_gradcheck_op(cap):
 @pytest.mark.parametrize("cap", [0, 8])
 def test_opcheck(cap):
     spec, p0, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
-    args = (spec.ints, p0.clone().requires_grad_(), y0.requires_grad_(), out_t, stops, ev_t, ev_s,
-            ev_a.requires_grad_(), in_t, in_v, 1e-1, 1e-1, 100, cap)
+    args = (
+        spec.ints,
+        p0.clone().requires_grad_(),
+        y0.requires_grad_(),
+        out_t,
+        stops,
+        ev_t,
+        ev_s,
+        ev_a.requires_grad_(),
+        in_t,
+        in_v,
+        1e-1,
+        1e-1,
+        100,
+        cap,
+    )
     torch.library.opcheck(torch.ops.hnode_fast.cuda_solve.default, args)
 
 
@@ -315,8 +346,7 @@ def test_gradients_deterministic_and_large_batch(seed):
     f = random_field(D=3, hidden=(8, 8)).to(DEV)
     y0 = torch.rand(2000, 3, dtype=f64, device=DEV)
     t = torch.linspace(0, 3, 4, dtype=f64, device=DEV)
-    gs = [torch.autograd.grad(hf.odeint(f, y0, t, backend="cuda", max_steps=10_000).sum(),
-                              list(f.parameters()))[0] for _ in range(2)]
+    gs = [torch.autograd.grad(hf.odeint(f, y0, t, backend="cuda", max_steps=10_000).sum(), list(f.parameters()))[0] for _ in range(2)]
     assert torch.equal(gs[0], gs[1])
 
 
@@ -336,8 +366,7 @@ def test_runs_on_current_stream_and_rejects_bad_args():
     f = random_field(D=2, hidden=(4,)).to(DEV)
     s = torch.cuda.Stream()
     with torch.no_grad(), torch.cuda.stream(s):
-        y = hf.odeint(f, torch.rand(4, 2, dtype=f64, device=DEV), torch.linspace(0, 1, 3, dtype=f64, device=DEV),
-                      backend="cuda")
+        y = hf.odeint(f, torch.rand(4, 2, dtype=f64, device=DEV), torch.linspace(0, 1, 3, dtype=f64, device=DEV), backend="cuda")
     s.synchronize()
     assert torch.isfinite(y).all()
     spec, p0, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
@@ -361,8 +390,18 @@ def test_cuda_op_validation_reuses_cpu_checks():
     out_t = torch.tensor([[0.0, 0.5], [0.0, 0.6]], dtype=f64)
     ev_t = torch.tensor([[0.4], [0.5]], dtype=f64)
     ev_s = torch.tensor([[1], [0]], dtype=torch.int32)
-    good = [spec.ints, spec.params.detach(), y0, out_t, ev_t, ev_t, ev_s, torch.rand(B, 1, dtype=f64),
-            torch.zeros(B, 0, dtype=f64), torch.zeros(B, 0, 0, dtype=f64)]
+    good = [
+        spec.ints,
+        spec.params.detach(),
+        y0,
+        out_t,
+        ev_t,
+        ev_t,
+        ev_s,
+        torch.rand(B, 1, dtype=f64),
+        torch.zeros(B, 0, dtype=f64),
+        torch.zeros(B, 0, 0, dtype=f64),
+    ]
 
     def check(args):
         hcpu._check(*[a if i == 0 else hcuda._MetaCPU(a) for i, a in enumerate(args)], 100)

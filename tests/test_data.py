@@ -1,4 +1,5 @@
 """Longitudinal datasets and the bundled pharmacokinetic data (no downloads)."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,13 +8,22 @@ from hnode_fast.data import LongitudinalDataset, Subject, load_indometh, load_ph
 
 
 def _toy(n=5):
-    subs = [Subject(id=f"s{i}", times=[0.5, 1.0 + i, 3.0 + i], obs=[[1.0], [2.0], [0.5]],
-                    dose_times=[0.0], dose_amounts=[10.0], dose_states=["depot"])
-            for i in range(n)]
+    subs = [
+        Subject(
+            id=f"s{i}",
+            times=[0.5, 1.0 + i, 3.0 + i],
+            obs=[[1.0], [2.0], [0.5]],
+            dose_times=[0.0],
+            dose_amounts=[10.0],
+            dose_states=["depot"],
+        )
+        for i in range(n)
+    ]
     return LongitudinalDataset(subs, ["depot", "central"], ["central"])
 
 
 # ----------------------------------------------------------------------------- bundled data
+
 
 def test_theoph_loads():
     ds = load_theoph()
@@ -46,8 +56,7 @@ def test_theoph_batch_shapes():
     assert b["obs_mask"].dtype == torch.bool and bool(b["obs_mask"].all())
     assert torch.equal(b["y0_time"], torch.zeros(12, dtype=torch.float64))
     assert b["event_times"].shape == (12, 1) and b["event_states"].dtype == torch.int64
-    assert torch.equal(b["event_amounts"][:, 0], torch.tensor([s.covariates["Dose"] for s in ds],
-                                                                dtype=torch.float64))
+    assert torch.equal(b["event_amounts"][:, 0], torch.tensor([s.covariates["Dose"] for s in ds], dtype=torch.float64))
     assert b["ids"] == [str(i) for i in range(1, 13)]
     b32 = ds.batch([0, 3], dtype=torch.float32)
     assert b32["t"].dtype == torch.float32 and b32["y"].shape == (2, 11, 1)
@@ -95,9 +104,12 @@ def test_phenobarb_loads():
 
 # ----------------------------------------------------------------------------- padding and masks
 
+
 def test_padding_strictly_increasing_and_masked():
-    subs = [Subject("a", [0.0, 1.0, 2.0, 5.0], [1.0, 2.0, 3.0, 4.0]),
-            Subject("b", [1.0], [7.0], dose_times=[0.5], dose_amounts=[2.0], dose_states=[1])]
+    subs = [
+        Subject("a", [0.0, 1.0, 2.0, 5.0], [1.0, 2.0, 3.0, 4.0]),
+        Subject("b", [1.0], [7.0], dose_times=[0.5], dose_amounts=[2.0], dose_states=[1]),
+    ]
     ds = LongitudinalDataset(subs, ["x", "y"], ["x"])
     b = ds.batch()
     t = b["t"]
@@ -131,22 +143,21 @@ def test_nan_observation_masked():
 
 
 def test_sorting_and_duplicate_times_keep_first():
-    s = Subject("a", [2.0, 1.0, 2.0, 0.0], [20.0, 10.0, 21.0, 0.0],
-                dose_times=[3.0, 1.0], dose_amounts=[30.0, 10.0], dose_states=[0, 0])
+    s = Subject("a", [2.0, 1.0, 2.0, 0.0], [20.0, 10.0, 21.0, 0.0], dose_times=[3.0, 1.0], dose_amounts=[30.0, 10.0], dose_states=[0, 0])
     assert s.times.tolist() == [0.0, 1.0, 2.0]
     assert s.obs[:, 0].tolist() == [0.0, 10.0, 20.0]
     assert s.dose_times.tolist() == [1.0, 3.0] and s.dose_amounts.tolist() == [10.0, 30.0]
 
 
 def test_float32_padding_too_fine_raises():
-    ds = LongitudinalDataset([Subject("a", [0.0, 1e5], [1.0, 2.0]), Subject("b", [0.0, 1e5, 2e5], [1.0, 2, 3])],
-                             ["x"], ["x"])
+    ds = LongitudinalDataset([Subject("a", [0.0, 1e5], [1.0, 2.0]), Subject("b", [0.0, 1e5, 2e5], [1.0, 2, 3])], ["x"], ["x"])
     with pytest.raises(ValueError, match="strictly increasing"):
         ds.batch(dtype=torch.float32, pad_step=1e-6)
     assert ds.batch(dtype=torch.float32, pad_step=1.0)["t"].dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------- validation
+
 
 def test_unknown_state_name_raises():
     s = Subject("a", [0.0], [1.0])
@@ -181,6 +192,7 @@ def test_bad_subject_shapes_raise():
 
 
 # ----------------------------------------------------------------------------- splits
+
 
 def test_split_by_subject_disjoint_and_covering():
     ds = load_theoph()

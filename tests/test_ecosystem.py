@@ -1,4 +1,5 @@
 """Fitting into PyTorch: torch.compile gives the eager result; DDP all-reduces gradients."""
+
 import os
 import socket
 import sys
@@ -17,11 +18,13 @@ def random_field(*args, **kwargs):
     # tests/triton/conftest.py here and in the processes the DDP tests spawn
     import importlib.util
     import pathlib
+
     spec = importlib.util.spec_from_file_location("_hnode_tests_conftest", pathlib.Path(__file__).with_name("conftest.py"))
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.random_field(*args, **kwargs)
+
 
 f64 = torch.float64
 
@@ -35,6 +38,7 @@ def test_torch_compile_matches_eager(backend):
 
     def loss(y0):
         return hf.odeint(f, y0, t, backend=backend, rtol=1e-8, atol=1e-10).pow(2).sum()
+
     e = loss(y0)
     (ge,) = torch.autograd.grad(e, y0)
     torch._dynamo.reset()
@@ -83,6 +87,7 @@ def test_compile_fullgraph_hybrid_field(adjoint, seed):
 
     def loss(y0):
         return hf.odeint(f, y0, t, backend="cpu", rtol=1e-8, atol=1e-10, adjoint=adjoint).pow(2).sum()
+
     e = loss(y0)
     ge = grads(e, [y0] + params)
     cfn = compiled(loss)  # fullgraph=True: any graph break is an error
@@ -112,6 +117,7 @@ def test_compile_fullgraph_events_inputs_stats(seed):
     def loss(y0):
         y, st = hf.odeint(f, y0, t, rtol=1e-8, atol=1e-10, events=ev, inputs=inp, return_stats=True)
         return y.pow(2).sum(), st.nfe
+
     e, nfe_e = loss(y0)
     ge = grads(e, [y0, amounts] + params)
     c, nfe_c = compiled(loss)(y0)
@@ -138,6 +144,7 @@ def test_compile_fullgraph_l0_gates_edge_weights(mode, seed):
 
     def loss(y0):
         return hf.odeint(f, y0, t, backend="cpu", rtol=1e-9, atol=1e-11).pow(2).sum()
+
     e = loss(y0)
     ge = grads(e, [y0] + params)
     c = compiled(loss)(y0)
@@ -202,6 +209,7 @@ def test_sharding_the_batch_is_bit_identical(seed):
         y, st = hf.odeint(f, y0[sl], t[sl], backend="cpu", rtol=1e-7, atol=1e-9, events=e, return_stats=True)
         g = torch.autograd.grad(y.pow(2).sum(), [y0] + params)
         return y, st, g
+
     y, st, g = run(slice(None))
     parts = [run(slice(0, 4)), run(slice(4, B))]
     assert torch.equal(torch.cat([p[0] for p in parts], dim=1), y)

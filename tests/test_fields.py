@@ -1,4 +1,5 @@
 """Fields: masks, term formulas, and FieldSpec evaluation == module evaluation."""
+
 import math
 
 import pytest
@@ -43,8 +44,14 @@ def test_activations(act, seed):
     mlp = hf.MaskedMLP(3, 2, hidden=(4,), activation=act).double()
     x = torch.randn(5, 3, dtype=f64)
     h = x @ mlp.layers[0].weight.T + mlp.layers[0].bias
-    ref = {"identity": h, "tanh": torch.tanh(h), "relu": torch.relu(h), "elu": torch.nn.functional.elu(h),
-           "softplus": torch.log1p(torch.exp(h)), "silu": h * torch.sigmoid(h)}[act]
+    ref = {
+        "identity": h,
+        "tanh": torch.tanh(h),
+        "relu": torch.relu(h),
+        "elu": torch.nn.functional.elu(h),
+        "softplus": torch.log1p(torch.exp(h)),
+        "silu": h * torch.sigmoid(h),
+    }[act]
     torch.testing.assert_close(mlp(x), ref @ mlp.layers[1].weight.T + mlp.layers[1].bias, rtol=1e-13, atol=1e-13)
 
 
@@ -61,20 +68,36 @@ def test_set_mask_validation():
 def test_term_formulas(seed):
     z = torch.rand(6, 4, dtype=f64) + 0.1
     u = torch.rand(6, 2, dtype=f64)
-    terms = [hf.Constant(0, 0.7), hf.Linear(1, 2, 0.4), hf.Linear(3, None, 0.2), hf.Linear(2, 0, 0.5, consume=False),
-             hf.MassAction((0, 1), 3, 0.3), hf.MichaelisMenten(2, 1, 1.1, 0.6), hf.Hill(0, 3, 0.9, 0.5, 2.5),
-             hf.Hill(1, 2, 0.8, 0.4, 1.7, repress=True), hf.Input(1, 0, 2.0)]
+    terms = [
+        hf.Constant(0, 0.7),
+        hf.Linear(1, 2, 0.4),
+        hf.Linear(3, None, 0.2),
+        hf.Linear(2, 0, 0.5, consume=False),
+        hf.MassAction((0, 1), 3, 0.3),
+        hf.MichaelisMenten(2, 1, 1.1, 0.6),
+        hf.Hill(0, 3, 0.9, 0.5, 2.5),
+        hf.Hill(1, 2, 0.8, 0.4, 1.7, repress=True),
+        hf.Input(1, 0, 2.0),
+    ]
     g = hf.MechanisticGraph(4, terms, n_inputs=2, dtype=f64)
     a, b, c, d = z.unbind(1)
     dz = torch.zeros_like(z)
     dz[:, 0] += 0.7
-    dz[:, 1] -= 0.4 * b; dz[:, 2] += 0.4 * b
+    dz[:, 1] -= 0.4 * b
+    dz[:, 2] += 0.4 * b
     dz[:, 3] -= 0.2 * d
     dz[:, 0] += 0.5 * c
-    f = 0.3 * a * b; dz[:, 0] -= f; dz[:, 1] -= f; dz[:, 3] += f
-    f = 1.1 * c / (0.6 + c); dz[:, 2] -= f; dz[:, 1] += f
-    r = (a / 0.5) ** 2.5; dz[:, 3] += 0.9 * r / (1 + r)
-    r = (b / 0.4) ** 1.7; dz[:, 2] += 0.8 / (1 + r)
+    f = 0.3 * a * b
+    dz[:, 0] -= f
+    dz[:, 1] -= f
+    dz[:, 3] += f
+    f = 1.1 * c / (0.6 + c)
+    dz[:, 2] -= f
+    dz[:, 1] += f
+    r = (a / 0.5) ** 2.5
+    dz[:, 3] += 0.9 * r / (1 + r)
+    r = (b / 0.4) ** 1.7
+    dz[:, 2] += 0.8 / (1 + r)
     dz[:, 0] += 2.0 * u[:, 1]
     torch.testing.assert_close(g(z, u), dz, rtol=1e-13, atol=1e-13)
 
@@ -90,20 +113,34 @@ def test_log_parametrisation_and_gates():
         hf.MechanisticGraph(1, [hf.Linear(0, None, -1.0)], param="log")
 
 
-@pytest.mark.parametrize("bad", [lambda: hf.MechanisticGraph(2, [hf.Linear(2, 0, 1.0)]),
-                                 lambda: hf.MechanisticGraph(2, [hf.Linear(0, 5, 1.0)]),
-                                 lambda: hf.MechanisticGraph(2, [hf.Input(0, 0, 1.0)]),
-                                 lambda: hf.MechanisticGraph(2, [hf.Linear(0, 1, float("nan"))]),
-                                 lambda: hf.MechanisticGraph(2, ["x"]),
-                                 lambda: hf.HybridField(mech=hf.MechanisticGraph(2), nn=hf.MaskedMLP(3, 3)),
-                                 lambda: hf.HybridField(mech=hf.MechanisticGraph(2), nn=hf.MaskedMLP(2, 3))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: hf.MechanisticGraph(2, [hf.Linear(2, 0, 1.0)]),
+        lambda: hf.MechanisticGraph(2, [hf.Linear(0, 5, 1.0)]),
+        lambda: hf.MechanisticGraph(2, [hf.Input(0, 0, 1.0)]),
+        lambda: hf.MechanisticGraph(2, [hf.Linear(0, 1, float("nan"))]),
+        lambda: hf.MechanisticGraph(2, ["x"]),
+        lambda: hf.HybridField(mech=hf.MechanisticGraph(2), nn=hf.MaskedMLP(3, 3)),
+        lambda: hf.HybridField(mech=hf.MechanisticGraph(2), nn=hf.MaskedMLP(2, 3)),
+    ],
+)
 def test_bad_field_construction(bad):
     with pytest.raises(ValueError):
         bad()
 
 
-@pytest.mark.parametrize("D,hidden,density,csr", [(1, (5,), None, 0.25), (3, (8, 8), 0.5, 0.25), (17, (13, 9), 0.15, 0.25),
-                                                 (4, (6, 6), 0.3, 1.01), (3, (), None, 0.25), (5, (7, 7, 7), 0.35, 0.5)])
+@pytest.mark.parametrize(
+    "D,hidden,density,csr",
+    [
+        (1, (5,), None, 0.25),
+        (3, (8, 8), 0.5, 0.25),
+        (17, (13, 9), 0.15, 0.25),
+        (4, (6, 6), 0.3, 1.01),
+        (3, (), None, 0.25),
+        (5, (7, 7, 7), 0.35, 0.5),
+    ],
+)
 @pytest.mark.parametrize("act", ["tanh", "softplus", "relu"])
 def test_spec_eval_equals_module(D, hidden, density, csr, act, seed):
     f = random_field(D=D, hidden=hidden, activation=act, mask_density=density, n_inputs=2, nn_inputs=True)
@@ -131,10 +168,10 @@ def test_spec_compaction_fully_masked_layer(seed):
 def test_spec_compaction_drops_dead_units(seed):
     f = random_field(D=4, hidden=(10,), mech=False)
     m0 = torch.ones(10, 4, dtype=torch.bool)
-    m0[7:] = False                      # units 7..9 read nothing: constants folded into the output bias
-    m0[:, 2] = False                    # feature 2 read by nobody
+    m0[7:] = False  # units 7..9 read nothing: constants folded into the output bias
+    m0[:, 2] = False  # feature 2 read by nobody
     m1 = torch.ones(4, 10, dtype=torch.bool)
-    m1[:, 5] = False                    # unit 5 feeds nothing: dropped
+    m1[:, 5] = False  # unit 5 feeds nothing: dropped
     f.nn.set_mask(0, m0)
     f.nn.set_mask(1, m1)
     spec = f.compile()

@@ -1,5 +1,6 @@
 """Gradients: gradcheck in float64 (y0, network weights, mechanistic rates; both adjoints),
 backends against autograd through the reference, masks, dose amounts."""
+
 import math
 
 import pytest
@@ -34,6 +35,7 @@ def small_problem(**kw):
 def test_gradcheck(adjoint, wrt, backend, seed):
     if backend != "reference" and adjoint == "backsolve":
         from hnode_fast import backends
+
         if not backends.supports(backend, adjoint="backsolve"):
             pytest.skip(f"backend {backend} has no backsolve adjoint in this build")
     # the continuous adjoint approximates the exact solution's gradient: it needs a field whose
@@ -66,6 +68,7 @@ def test_gradcheck(adjoint, wrt, backend, seed):
 
     def fn(p):
         return functional_call(model, {"field." + wrt: p}, (y0d,))
+
     assert torch.autograd.gradcheck(fn, (p0,), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 

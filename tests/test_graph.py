@@ -1,4 +1,5 @@
 """HGS graph surgery (hnode_fast.graph) on small hand-made graphs."""
+
 import random
 
 import pytest
@@ -8,6 +9,7 @@ import hnode_fast as hf
 from hnode_fast import graph
 
 # ----------------------------------------------------------------------------- SCC collapse
+
 
 def test_three_cycle_collapses_to_one_node_with_self_loop():
     mapping, new_edges = graph.collapse_sccs(3, [(0, 1), (1, 2), (2, 0)])
@@ -78,6 +80,7 @@ def test_long_cycle_is_iterative():
 
 # ----------------------------------------------------------------------------- pathways and closure
 
+
 def test_pathway_nodes_chain_and_branch():
     edges = [(0, 1), (1, 3), (0, 2), (2, 3), (3, 4), (5, 3)]
     assert graph.pathway_nodes(6, edges, 0, 3) == {0, 1, 2, 3}
@@ -126,6 +129,7 @@ def test_closure_unreachable_observable_adds_nothing():
 
 # ----------------------------------------------------------------------------- pruning, parents
 
+
 def test_prune_unreachable_and_restrict():
     # 0 -> 1 -> 3(obs); 2 -> 4 (dead end); 5 -> 2
     edges = [(0, 1), (1, 3), (2, 4), (5, 2)]
@@ -147,28 +151,32 @@ def test_parents():
 
 # ----------------------------------------------------------------------------- block masks
 
+
 def test_block_masks_exact_pattern_three_states():
     # states 0,1,2; edges 0->1, 1->2, 2->2 (self loop), 2->0; one input feeding state 0
     edges = [(0, 1), (1, 2), (2, 2), (2, 0)]
     masks = graph.block_masks(3, edges, (2, 3), n_inputs=1, input_edges=[(0, 0)])
     assert [tuple(m.shape) for m in masks] == [(6, 4), (9, 6), (3, 9)]
     assert all(m.dtype == torch.bool for m in masks)
-    expected0 = torch.tensor([
-        [0, 0, 1, 1],  # state 0 block: parent 2, input 0
-        [0, 0, 1, 1],
-        [1, 0, 0, 0],  # state 1 block: parent 0
-        [1, 0, 0, 0],
-        [0, 1, 1, 0],  # state 2 block: parents 1, 2
-        [0, 1, 1, 0],
-    ], dtype=torch.bool)
+    expected0 = torch.tensor(
+        [
+            [0, 0, 1, 1],  # state 0 block: parent 2, input 0
+            [0, 0, 1, 1],
+            [1, 0, 0, 0],  # state 1 block: parent 0
+            [1, 0, 0, 0],
+            [0, 1, 1, 0],  # state 2 block: parents 1, 2
+            [0, 1, 1, 0],
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(masks[0], expected0)
     expected1 = torch.zeros(9, 6, dtype=torch.bool)
     for i in range(3):
-        expected1[3 * i:3 * i + 3, 2 * i:2 * i + 2] = True
+        expected1[3 * i : 3 * i + 3, 2 * i : 2 * i + 2] = True
     assert torch.equal(masks[1], expected1)
     expected2 = torch.zeros(3, 9, dtype=torch.bool)
     for i in range(3):
-        expected2[i, 3 * i:3 * i + 3] = True
+        expected2[i, 3 * i : 3 * i + 3] = True
     assert torch.equal(masks[2], expected2)
 
 
@@ -205,25 +213,29 @@ def test_block_masks_build_per_state_networks():
 
 # ----------------------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("call, name", [
-    (lambda: graph.collapse_sccs(3, [(0, 3)]), "edges"),
-    (lambda: graph.collapse_sccs(3, [(-1, 0)]), "edges"),
-    (lambda: graph.collapse_sccs(3, [(0, 1)], keep=[{5}]), "keep"),
-    (lambda: graph.collapse_sccs(3, [(0, 1, 2)]), "edges"),
-    (lambda: graph.pathway_nodes(3, [(0, 1)], 3, 1), "source"),
-    (lambda: graph.pathway_nodes(3, [(0, 1)], 0, 7), "target"),
-    (lambda: graph.partial_transitive_closure(3, [(0, 1)], [4], [1]), "inputs"),
-    (lambda: graph.partial_transitive_closure(3, [(0, 1)], [0], [3]), "observables"),
-    (lambda: graph.prune_unreachable(3, [(0, 1)], [9]), "observables"),
-    (lambda: graph.parents(2, [(0, 2)]), "edges"),
-    (lambda: graph.block_masks(3, [(0, 3)], (4,)), "edges"),
-    (lambda: graph.block_masks(3, [(0, 1)], (4,), n_inputs=1, input_edges=[(1, 0)]), "input_edges"),
-    (lambda: graph.block_masks(3, [(0, 1)], (4,), n_inputs=1, input_edges=[(0, 3)]), "input_edges"),
-    (lambda: graph.block_masks(3, [(0, 1)], (0,)), "hidden_per_state"),
-    (lambda: graph.block_masks(0, [], (4,)), "n_states"),
-    (lambda: graph.collapse_sccs(-1, []), "n"),
-    (lambda: graph.collapse_sccs(3, [(0.5, 1)]), "edges"),
-])
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: graph.collapse_sccs(3, [(0, 3)]), "edges"),
+        (lambda: graph.collapse_sccs(3, [(-1, 0)]), "edges"),
+        (lambda: graph.collapse_sccs(3, [(0, 1)], keep=[{5}]), "keep"),
+        (lambda: graph.collapse_sccs(3, [(0, 1, 2)]), "edges"),
+        (lambda: graph.pathway_nodes(3, [(0, 1)], 3, 1), "source"),
+        (lambda: graph.pathway_nodes(3, [(0, 1)], 0, 7), "target"),
+        (lambda: graph.partial_transitive_closure(3, [(0, 1)], [4], [1]), "inputs"),
+        (lambda: graph.partial_transitive_closure(3, [(0, 1)], [0], [3]), "observables"),
+        (lambda: graph.prune_unreachable(3, [(0, 1)], [9]), "observables"),
+        (lambda: graph.parents(2, [(0, 2)]), "edges"),
+        (lambda: graph.block_masks(3, [(0, 3)], (4,)), "edges"),
+        (lambda: graph.block_masks(3, [(0, 1)], (4,), n_inputs=1, input_edges=[(1, 0)]), "input_edges"),
+        (lambda: graph.block_masks(3, [(0, 1)], (4,), n_inputs=1, input_edges=[(0, 3)]), "input_edges"),
+        (lambda: graph.block_masks(3, [(0, 1)], (0,)), "hidden_per_state"),
+        (lambda: graph.block_masks(0, [], (4,)), "n_states"),
+        (lambda: graph.collapse_sccs(-1, []), "n"),
+        (lambda: graph.collapse_sccs(3, [(0.5, 1)]), "edges"),
+    ],
+)
 def test_bad_ids_raise_value_error_naming_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call()

@@ -6,6 +6,7 @@ CPU ops run for real. CUDA ops need a device for opcheck; without one their fake
 implementations are still run on fake CUDA tensors. Triton ops run on CPU only under
 ``TRITON_INTERPRET=1`` (tests/triton, its own pytest invocation).
 """
+
 import pytest
 import torch
 from conftest import random_field
@@ -35,8 +36,7 @@ COVERAGE = {
 def registered_ops():
     """Names of the ops registered under the ``hnode_fast`` namespace (after importing the
     modules that define them)."""
-    return sorted(n.split("::", 1)[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names()
-                  if n.startswith(NS + "::"))
+    return sorted(n.split("::", 1)[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names() if n.startswith(NS + "::"))
 
 
 def has_fake_impl(name):
@@ -67,15 +67,16 @@ def problem_args(B=3, D=3, events=False, inputs=False, seed=0, device="cpu"):
     f = random_field(D=D, hidden=(5,), n_inputs=1 if inputs else 0)
     y0 = torch.rand(B, D, dtype=f64) + 0.1
     t = torch.linspace(0, 1, 4, dtype=f64)
-    ev = hf.Events(times=torch.rand(B, 2, dtype=f64).sort(1).values, states=torch.randint(0, D, (B, 2)),
-                   amounts=torch.rand(B, 2, dtype=f64)) if events else None
-    inp = hf.Inputs(times=torch.tensor([[0.0, 0.5]] * B, dtype=f64), values=torch.rand(B, 2, 1, dtype=f64)) \
-        if inputs else None
+    ev = (
+        hf.Events(times=torch.rand(B, 2, dtype=f64).sort(1).values, states=torch.randint(0, D, (B, 2)), amounts=torch.rand(B, 2, dtype=f64))
+        if events
+        else None
+    )
+    inp = hf.Inputs(times=torch.tensor([[0.0, 0.5]] * B, dtype=f64), values=torch.rand(B, 2, 1, dtype=f64)) if inputs else None
     prob = _validate(f, y0, t, 1e-6, 1e-8, "dopri5", "cpu", "discrete", "per_sample", ev, inp, 1000)
     spec = f.compile()
     out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = cpu.problem_tensors(prob, spec)
-    tensors = [spec.ints, spec.params.detach().clone(), prob.y0.contiguous(), out_t, stops, ev_t, ev_s,
-               ev_a.detach().clone(), in_t, in_v]
+    tensors = [spec.ints, spec.params.detach().clone(), prob.y0.contiguous(), out_t, stops, ev_t, ev_s, ev_a.detach().clone(), in_t, in_v]
     return [x.to(device) if i > 0 else x for i, x in enumerate(tensors)], (1e-6, 1e-8, 1000)
 
 
@@ -93,15 +94,15 @@ CASES = {"plain": {}, "events": dict(events=True), "inputs": dict(inputs=True), 
 @pytest.mark.parametrize("cap", [0, 16])
 def test_opcheck_cpu_solve(case, cap):
     tensors, (rtol, atol, max_steps) = problem_args(**CASES[case])
-    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve.default,
-                          (*with_grad(tensors), rtol, atol, max_steps, 1, cap))
+    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve.default, (*with_grad(tensors), rtol, atol, max_steps, 1, cap))
 
 
 def test_opcheck_cpu_solve_with_checks():
     tensors, (rtol, atol, max_steps) = problem_args()
     checks = torch.ones(2, dtype=torch.bool)
-    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve.default,
-                          (*with_grad(tensors), rtol, atol, max_steps, 1, 8, checks, "first\nsecond"))
+    torch.library.opcheck(
+        torch.ops.hnode_fast.cpu_solve.default, (*with_grad(tensors), rtol, atol, max_steps, 1, 8, checks, "first\nsecond")
+    )
 
 
 def test_cpu_solve_raises_failed_check():
@@ -118,8 +119,7 @@ def test_opcheck_cpu_solve_backward(case, cap):
     out = torch.ops.hnode_fast.cpu_solve(*tensors, rtol, atol, max_steps, 1, cap)
     y, ck = out[0], out[2:]
     grad_y = torch.randn_like(y)
-    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve_backward.default,
-                          (grad_y, *tensors, rtol, atol, max_steps, 1, *ck))
+    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve_backward.default, (grad_y, *tensors, rtol, atol, max_steps, 1, *ck))
 
 
 @pytest.mark.parametrize("case", ["plain", "inputs", "batch1"])
@@ -127,8 +127,9 @@ def test_opcheck_cpu_solve_backsolve(case):
     tensors, (rtol, atol, max_steps) = problem_args(**CASES[case])
     y = torch.ops.hnode_fast.cpu_solve(*tensors, rtol, atol, max_steps, 1, 0)[0]
     grad_y = torch.randn_like(y)
-    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve_backsolve.default,
-                          (grad_y, *tensors, y[-1].contiguous(), rtol, atol, max_steps, 1))
+    torch.library.opcheck(
+        torch.ops.hnode_fast.cpu_solve_backsolve.default, (grad_y, *tensors, y[-1].contiguous(), rtol, atol, max_steps, 1)
+    )
 
 
 # ----------------------------------------------------------------------------- cuda ops
@@ -137,6 +138,7 @@ def test_opcheck_cpu_solve_backsolve(case):
 def _cuda_fake_args(tensors):
     """Fake CUDA copies of the problem tensors (no device needed), ints kept on the CPU."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+
     mode = FakeTensorMode()
     with mode:
         fakes = [torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="cuda") for x in tensors[1:]]
@@ -154,8 +156,7 @@ def test_cuda_solve_fake_impl(cap):
         assert out[0].shape == (T, B, D) and out[0].dtype == f64 and out[0].device.type == "cuda"
         assert out[1].shape == (B, 4) and out[1].dtype == torch.int64
         assert out[2].shape == (B, cap) and out[4].shape == (B, cap, D) and out[6].shape == (B,)
-        gp, gy0, gev = torch.ops.hnode_fast.cuda_solve_backward(torch.empty_like(out[0]), *fake, rtol, atol, max_steps,
-                                                                out[1], *out[2:])
+        gp, gy0, gev = torch.ops.hnode_fast.cuda_solve_backward(torch.empty_like(out[0]), *fake, rtol, atol, max_steps, out[1], *out[2:])
         assert gp.shape == fake[1].shape and gy0.shape == (B, D) and gev.shape == fake[7].shape
         assert gy0.device.type == "cuda"
 
@@ -167,5 +168,6 @@ def test_opcheck_cuda_ops(cap):
     tensors, (rtol, atol, max_steps) = problem_args(events=True, device="cuda")
     torch.library.opcheck(torch.ops.hnode_fast.cuda_solve.default, (*with_grad(tensors), rtol, atol, max_steps, cap))
     out = torch.ops.hnode_fast.cuda_solve(*tensors, rtol, atol, max_steps, cap)
-    torch.library.opcheck(torch.ops.hnode_fast.cuda_solve_backward.default,
-                          (torch.randn_like(out[0]), *tensors, rtol, atol, max_steps, out[1], *out[2:]))
+    torch.library.opcheck(
+        torch.ops.hnode_fast.cuda_solve_backward.default, (torch.randn_like(out[0]), *tensors, rtol, atol, max_steps, out[1], *out[2:])
+    )

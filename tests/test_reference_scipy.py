@@ -1,4 +1,5 @@
 """The reference solver makes scipy RK45's every decision: same first step, same accepted steps."""
+
 import numpy as np
 import pytest
 import torch
@@ -40,9 +41,16 @@ def _problem(name):
     if name == "lotka_volterra":
         return lotka_volterra, torch.tensor([1.0, 1.0], dtype=f64) + 0.5 * torch.rand(2, dtype=f64)
     # oscillating hybrid: Lotka-Volterra written as mechanistic terms + a random tanh MLP
-    mech = hf.MechanisticGraph(2, [hf.Linear(0, 0, 1.5, consume=False), hf.MassAction((0, 1), 0, -1.0, consume=False),
-                                   hf.Linear(1, 1, -3.0, consume=False), hf.MassAction((0, 1), 1, 1.0, consume=False)],
-                               dtype=f64)
+    mech = hf.MechanisticGraph(
+        2,
+        [
+            hf.Linear(0, 0, 1.5, consume=False),
+            hf.MassAction((0, 1), 0, -1.0, consume=False),
+            hf.Linear(1, 1, -3.0, consume=False),
+            hf.MassAction((0, 1), 1, 1.0, consume=False),
+        ],
+        dtype=f64,
+    )
     net = hf.MaskedMLP(2, 2, hidden=(16, 16), activation="tanh").double()
     with torch.no_grad():
         net.layers[-1].weight.mul_(0.2)
@@ -53,6 +61,7 @@ def _np_fun(func):
     def fun_np(t, y):
         with torch.no_grad():
             return func(torch.tensor(t, dtype=f64), torch.tensor(y, dtype=f64).reshape(1, -1)).reshape(-1).numpy()
+
     return fun_np
 
 
@@ -68,8 +77,17 @@ def test_each_step_from_scipys_state(problem, seed):
     f0 = fun_np(0.0, y0.numpy())
     h_scipy = select_initial_step(fun_np, 0.0, y0.numpy(), 1e6, np.inf, f0, 1, 4, rtol, atol)
     with torch.no_grad():
-        h_ours = dp.initial_step(fun, torch.zeros(1, dtype=f64), y0[None], torch.tensor(f0)[None],
-                                 torch.full((1,), 1e6, dtype=f64), rtol, atol, dp.rms_rows, torch.zeros(1, dtype=f64))
+        h_ours = dp.initial_step(
+            fun,
+            torch.zeros(1, dtype=f64),
+            y0[None],
+            torch.tensor(f0)[None],
+            torch.full((1,), 1e6, dtype=f64),
+            rtol,
+            atol,
+            dp.rms_rows,
+            torch.zeros(1, dtype=f64),
+        )
     assert h_ours.item() == pytest.approx(h_scipy, rel=1e-15)
     worst_y = 0.0
     for _ in range(n):
@@ -77,8 +95,9 @@ def test_each_step_from_scipys_state(problem, seed):
         s.step()
         h = torch.tensor([s.h_previous], dtype=f64)
         with torch.no_grad():
-            y_new, K, _ = dp.rk_step(fun, torch.tensor([t_n], dtype=f64), torch.tensor(y_n)[None],
-                                     torch.tensor(f_n)[None], h, torch.tensor([t_n], dtype=f64))
+            y_new, K, _ = dp.rk_step(
+                fun, torch.tensor([t_n], dtype=f64), torch.tensor(y_n)[None], torch.tensor(f_n)[None], h, torch.tensor([t_n], dtype=f64)
+            )
             err = dp.error_norm(K, h, torch.tensor(y_n)[None], y_new, rtol, atol, dp.rms_rows)
         assert float(err) < 1.0  # scipy accepted this step, so do we
         rel = np.max(np.abs(y_new[0].numpy() - s.y) / (np.abs(s.y) + 1e-300))
@@ -103,8 +122,7 @@ def test_first_50_steps_vs_scipy_rk45(problem, seed):
     # the same accept/reject decisions, that is n accepted steps
     out_t = torch.tensor(list(ts[:-1]) + [ts[-1] * 10 + 10.0])
     with torch.no_grad():
-        y, st = hf.odeint(func, y0, out_t, rtol=rtol, atol=atol, backend="reference", return_stats=True,
-                          max_steps=attempts)
+        y, st = hf.odeint(func, y0, out_t, rtol=rtol, atol=atol, backend="reference", return_stats=True, max_steps=attempts)
     assert int(st.status) == 1
     assert int(st.n_steps) == n and int(st.n_rejected) == attempts - n
     np.testing.assert_allclose(st.step_times[0].numpy(), ts[1:], rtol=1e-8, atol=0)

@@ -1,4 +1,5 @@
 """Whole solves on every field backend: analytic solutions, events, inputs, grids, failures."""
+
 import math
 
 import pytest
@@ -55,8 +56,9 @@ def decay_field(k=0.7):
 def test_exponential_decay_two_doses(backend):
     k = 0.7
     f = decay_field(k)
-    ev = hf.Events(times=torch.tensor([[1.0, 2.5, float("inf")]]), states=torch.tensor([[0, 0, 0]]),
-                   amounts=torch.tensor([[2.0, 3.0, 0.0]], dtype=f64))
+    ev = hf.Events(
+        times=torch.tensor([[1.0, 2.5, float("inf")]]), states=torch.tensor([[0, 0, 0]]), amounts=torch.tensor([[2.0, 3.0, 0.0]], dtype=f64)
+    )
     t = torch.tensor([0.0, 0.5, 1.0, 1.7, 2.5, 3.0, 4.0], dtype=f64)
     y0 = torch.tensor([[1.0]], dtype=f64)
     with torch.no_grad():
@@ -69,6 +71,7 @@ def test_exponential_decay_two_doses(backend):
         if tk > 2.5:
             v += 3.0 * math.exp(-k * (tk - 2.5))
         return v
+
     # outputs at a dose time are pre-dose (left limit)
     ref = torch.tensor([exact(float(tk)) for tk in t], dtype=f64)
     torch.testing.assert_close(y[:, 0, 0], ref, rtol=1e-8, atol=1e-10)
@@ -105,6 +108,7 @@ def test_piecewise_constant_input(backend):
             return ss + (z1 - ss) * math.exp(-k * (tk - 1))
         z2 = ss + (z1 - ss) * math.exp(-k)
         return z2 * math.exp(-k * (tk - 2))
+
     ref = torch.tensor([exact(float(tk)) for tk in t], dtype=f64)
     torch.testing.assert_close(y[:, 0, 0], ref, rtol=1e-8, atol=1e-10)
 
@@ -112,12 +116,13 @@ def test_piecewise_constant_input(backend):
 def test_per_trajectory_time_grids_equal_separate_solves(backend, seed):
     f = random_field(D=3, hidden=(8,))
     y0 = torch.rand(3, 3, dtype=f64)
-    t = torch.stack([torch.linspace(0, 2, 5, dtype=f64), torch.linspace(0.5, 4, 5, dtype=f64),
-                     torch.tensor([0.0, 0.1, 0.2, 3.0, 3.5], dtype=f64)])
+    t = torch.stack(
+        [torch.linspace(0, 2, 5, dtype=f64), torch.linspace(0.5, 4, 5, dtype=f64), torch.tensor([0.0, 0.1, 0.2, 3.0, 3.5], dtype=f64)]
+    )
     with torch.no_grad():
         y, st = hf.odeint(f, y0, t, backend=backend, return_stats=True)
         for b in range(3):
-            yb, sb = hf.odeint(f, y0[b:b + 1], t[b], backend=backend, return_stats=True)
+            yb, sb = hf.odeint(f, y0[b : b + 1], t[b], backend=backend, return_stats=True)
             torch.testing.assert_close(y[:, b], yb[:, 0], rtol=1e-13, atol=1e-15)
             assert int(st.n_steps[b]) == int(sb.n_steps[0])
             assert int(st.nfe[b]) == int(sb.nfe[0])
@@ -161,8 +166,9 @@ def test_blow_up_gets_status_and_nan_others_finish(backend):
 def test_max_steps_status(backend, seed):
     f = random_field(D=2, hidden=(4,))
     with torch.no_grad():
-        y, st = hf.odeint(f, torch.rand(2, 2, dtype=f64), torch.linspace(0, 50, 6, dtype=f64), max_steps=5,
-                          backend=backend, return_stats=True)
+        y, st = hf.odeint(
+            f, torch.rand(2, 2, dtype=f64), torch.linspace(0, 50, 6, dtype=f64), max_steps=5, backend=backend, return_stats=True
+        )
     assert (st.status == 1).all()
     assert (st.n_steps + st.n_rejected == 5).all()
     assert torch.isnan(y[-1]).all()
@@ -171,9 +177,9 @@ def test_max_steps_status(backend, seed):
 def test_nonfinite_field_status_3():
     def bad(t, y):
         return torch.sqrt(y - 1.0)  # NaN for y < 1
+
     with torch.no_grad():
-        y, st = hf.odeint(bad, torch.tensor([[0.5], [2.0]], dtype=f64), torch.tensor([0.0, 1.0], dtype=f64),
-                          return_stats=True)
+        y, st = hf.odeint(bad, torch.tensor([[0.5], [2.0]], dtype=f64), torch.tensor([0.0, 1.0], dtype=f64), return_stats=True)
     assert int(st.status[0]) == 3 and int(st.status[1]) == 0
     assert torch.isnan(y[1, 0]).all() and torch.isfinite(y[1, 1]).all()
 
@@ -198,6 +204,7 @@ def test_plain_callable_drop_in_for_torchdiffeq():
 
     def spiral(t, y):  # written for torchdiffeq: y (D,), scalar t
         return torch.stack([-0.1 * y[0] + 2.0 * y[1], -2.0 * y[0] - 0.1 * y[1]]) * torch.cos(t) ** 2
+
     y0 = torch.tensor([2.0, 0.0], dtype=f64)
     t = torch.linspace(0, 5, 11, dtype=f64)
     y = hf.odeint(spiral, y0, t, rtol=1e-9, atol=1e-11)
@@ -220,8 +227,7 @@ def test_float32_against_float64(backend, seed):
 def test_stats_fields(backend, seed):
     f = random_field(D=2, hidden=(4,))
     with torch.no_grad():
-        _, st = hf.odeint(f, torch.rand(3, 2, dtype=f64), torch.linspace(0, 1, 3, dtype=f64), backend=backend,
-                          return_stats=True)
+        _, st = hf.odeint(f, torch.rand(3, 2, dtype=f64), torch.linspace(0, 1, 3, dtype=f64), backend=backend, return_stats=True)
     for name in ("n_steps", "n_rejected", "nfe", "status"):
         v = getattr(st, name)
         assert v.shape == (3,) and v.dtype == torch.int64
@@ -235,6 +241,7 @@ def test_unknown_or_unbuilt_backend():
     with pytest.raises(ValueError, match="backend"):
         hf.odeint(f, y0, t, backend="gpu")
     from hnode_fast import backends
+
     missing = [b for b in ("cpu", "cuda", "triton") if b not in backends.available()]
     for b in missing:
         with pytest.raises(NotImplementedError, match=b):

@@ -1,5 +1,6 @@
 """Regularizers: values and gradients against direct formulas; L0 gate distribution; local
 error regularizer; pruning."""
+
 import math
 
 import pytest
@@ -198,6 +199,7 @@ def test_local_error_gradient_excludes_k1(seed):
             val = (dp.rms_rows(err / scale) * h).mean()
             w.sub_(weight_delta)
         return val
+
     d = torch.zeros_like(w)
     d[0, 1] = 1e-6
     fd = (frozen(d) - frozen(-d)) / 2e-6
@@ -208,8 +210,7 @@ def test_stiffness_estimate_linear():
     """For dy/dt = lam y, ||k7 - k6|| / ||y1 - g6|| = |lam| exactly."""
     lam = -7.0
     f = hf.HybridField(mech=hf.MechanisticGraph(1, [hf.Linear(0, 0, lam, consume=False)], dtype=f64))
-    E, h, rho = sp.local_error(f, torch.ones(2, 1, dtype=f64), torch.zeros(2, dtype=f64), stiffness=True,
-                               return_parts=True)
+    E, h, rho = sp.local_error(f, torch.ones(2, 1, dtype=f64), torch.zeros(2, dtype=f64), stiffness=True, return_parts=True)
     torch.testing.assert_close(rho, torch.full((2,), 7.0 / 3.3066, dtype=f64))
 
 

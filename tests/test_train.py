@@ -1,5 +1,6 @@
 """hf.fit on tiny problems: recovers a known rate, masks NaN observations, deterministic,
 checkpoints, K-fold selection, local regularizer, bad input."""
+
 import math
 
 import numpy as np
@@ -43,11 +44,12 @@ def test_fit_deterministic_and_checkpoint(tmp_path):
     outs = []
     for _ in range(2):
         torch.manual_seed(123)
-        f = hf.HybridField(mech=hf.MechanisticGraph(1, [hf.Linear(0, None, 0.1)], param="log", dtype=f64),
-                           nn=hf.MaskedMLP(1, 1, hidden=(4,), gates="l0").double())
+        f = hf.HybridField(
+            mech=hf.MechanisticGraph(1, [hf.Linear(0, None, 0.1)], param="log", dtype=f64),
+            nn=hf.MaskedMLP(1, 1, hidden=(4,), gates="l0").double(),
+        )
         ck = tmp_path / "best.pt"
-        r = hf.fit(f, data, epochs=20, lr=0.01, reg={"l1": 1e-3, "l0": 1e-3, "path": 1e-3}, seed=7, progress=False,
-                   checkpoint=str(ck))
+        r = hf.fit(f, data, epochs=20, lr=0.01, reg={"l1": 1e-3, "l0": 1e-3, "path": 1e-3}, seed=7, progress=False, checkpoint=str(ck))
         outs.append([h["loss"] for h in r.history])
         saved = torch.load(ck)
         assert saved["epoch"] == r.best_epoch and "field" in saved
@@ -57,8 +59,9 @@ def test_fit_deterministic_and_checkpoint(tmp_path):
 def test_fit_with_validation_and_local_regularizer():
     data = synthetic(n=6)
     train, val = data.split(n_test=2, seed=0)
-    f = hf.HybridField(mech=hf.MechanisticGraph(1, [hf.Linear(0, None, 0.2)], param="log", dtype=f64),
-                       nn=hf.MaskedMLP(1, 1, hidden=(4,)).double())
+    f = hf.HybridField(
+        mech=hf.MechanisticGraph(1, [hf.Linear(0, None, 0.2)], param="log", dtype=f64), nn=hf.MaskedMLP(1, 1, hidden=(4,)).double()
+    )
     r = hf.fit(f, train, val=val, epochs=10, lr=0.01, reg={"local": 1.0, "l1": 1e-3}, progress=False)
     assert len(r.history) == 10 and all(math.isfinite(h["loss"]) for h in r.history)
 
@@ -68,9 +71,11 @@ def test_select_regularization_kfold():
 
     def make():
         torch.manual_seed(0)
-        f = hf.HybridField(mech=hf.MechanisticGraph(1, [hf.Linear(0, None, 0.2)], param="log", dtype=f64),
-                           nn=hf.MaskedMLP(1, 1, hidden=(4,)).double())
+        f = hf.HybridField(
+            mech=hf.MechanisticGraph(1, [hf.Linear(0, None, 0.2)], param="log", dtype=f64), nn=hf.MaskedMLP(1, 1, hidden=(4,)).double()
+        )
         return f, None
+
     best, scores = hf.select_regularization(make, data, "l1", [1e-4, 1.0], k=2, epochs=5, lr=0.01)
     assert set(scores) == {1e-4, 1.0} and best in scores
 
@@ -78,8 +83,9 @@ def test_select_regularization_kfold():
 def test_prune_retrain_reaches_fractions():
     data = synthetic(n=4)
     torch.manual_seed(0)
-    f = hf.HybridField(mech=hf.MechanisticGraph(1, [hf.Linear(0, None, 0.2)], param="log", dtype=f64),
-                       nn=hf.MaskedMLP(1, 1, hidden=(8,)).double())
+    f = hf.HybridField(
+        mech=hf.MechanisticGraph(1, [hf.Linear(0, None, 0.2)], param="log", dtype=f64), nn=hf.MaskedMLP(1, 1, hidden=(8,)).double()
+    )
     hf.prune_retrain(f, data, fractions=(0.5, 0.75), epochs=3, progress=False)
     assert hf.sparsity.weight_sparsity(f) == pytest.approx(0.75, abs=0.07)
 
@@ -98,6 +104,7 @@ def test_fit_bad_input():
 
 def test_cli_info_and_help(capsys):
     from hnode_fast.cli import main
+
     assert main(["--help"]) == 0
     assert main(["info"]) == 0
     out = capsys.readouterr().out
@@ -109,8 +116,8 @@ def test_demo_pipeline_smoke(tmp_path, capsys):
     """The demo end to end on a tiny schedule: table, JSON keys, plot file."""
     pytest.importorskip("matplotlib")
     from hnode_fast.demo import run
-    out = run(quick=True, plot=str(tmp_path / "demo.png"), progress=False,
-              epochs={"mech": 2, "bb": 2, "hyb": 2, "retrain": 2})
+
+    out = run(quick=True, plot=str(tmp_path / "demo.png"), progress=False, epochs={"mech": 2, "bb": 2, "hyb": 2, "retrain": 2})
     assert set(out["table"]) == {"mechanistic", "blackbox", "hybrid"}
     for r in out["table"].values():
         assert math.isfinite(r["test_rmse"]) and r["nonzero_params"] > 0

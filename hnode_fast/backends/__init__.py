@@ -3,6 +3,7 @@
 ``backend="auto"`` picks the fastest backend that is built and supports the problem; asking
 for one that is not built raises instead of falling back silently.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Tuple
@@ -54,9 +55,7 @@ def dispatch(prob, backend: str):
     if backend == "cuda" and backend not in _BUILT:
         raise NotImplementedError(_cuda.unavailable_reason())
     if backend not in _BUILT:
-        raise NotImplementedError(
-            f"backend={backend!r} is not available in this build (available: {available()}); "
-            "see hf.build_info()")
+        raise NotImplementedError(f"backend={backend!r} is not available in this build (available: {available()}); see hf.build_info()")
     if backend != "cpu" and prob.checks:
         prob.run_checks()  # only the cpu op takes deferred (torch.compile) checks; the others branch here
     return _BUILT[backend](prob)

@@ -30,6 +30,7 @@ and (discrete adjoint only) ``events.amounts``. Supported: ``hf.HybridField`` fu
 ``step_mode="per_sample"``, ``adjoint="discrete"`` or ``"backsolve"``; anything else raises
 ``NotImplementedError``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -48,8 +49,7 @@ from ..reference.problem import build_stops
 def _lib():
     lib = _native._C
     if lib is None or not hasattr(lib, "cpu_solve"):
-        raise NotImplementedError("backend='cpu' needs the compiled extension with the CPU solver; "
-                                  "see hf.build_info()")
+        raise NotImplementedError("backend='cpu' needs the compiled extension with the CPU solver; see hf.build_info()")
     return lib
 
 
@@ -59,30 +59,59 @@ def is_available() -> bool:
 
 def supports(prob) -> bool:
     """Whether ``backend="auto"`` may use this backend for ``prob``."""
-    return (prob.field_like and prob.y0.device.type == "cpu" and prob.step_mode == "per_sample"
-            and prob.adjoint in ("discrete", "backsolve"))
+    return prob.field_like and prob.y0.device.type == "cpu" and prob.step_mode == "per_sample" and prob.adjoint in ("discrete", "backsolve")
 
 
 def _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads):
     B, D = y0.shape
-    return dict(ints=ints.data_ptr(), n_ints=ints.numel(), params=params.data_ptr(), P=params.numel(),
-                y0=y0.data_ptr(), B=B, D=D, out_t=out_t.data_ptr(), T=out_t.shape[1],
-                stops=stops.data_ptr(), S=stops.shape[1], ev_t=ev_t.data_ptr(), ev_s=ev_s.data_ptr(),
-                ev_a=ev_a.data_ptr(), E=ev_t.shape[1], in_t=in_t.data_ptr(), in_v=in_v.data_ptr(),
-                J=in_t.shape[1], rtol=float(rtol), atol=float(atol), max_steps=int(max_steps),
-                n_threads=int(n_threads) if n_threads > 0 else torch.get_num_threads())  # 0: torch's current count
+    return dict(
+        ints=ints.data_ptr(),
+        n_ints=ints.numel(),
+        params=params.data_ptr(),
+        P=params.numel(),
+        y0=y0.data_ptr(),
+        B=B,
+        D=D,
+        out_t=out_t.data_ptr(),
+        T=out_t.shape[1],
+        stops=stops.data_ptr(),
+        S=stops.shape[1],
+        ev_t=ev_t.data_ptr(),
+        ev_s=ev_s.data_ptr(),
+        ev_a=ev_a.data_ptr(),
+        E=ev_t.shape[1],
+        in_t=in_t.data_ptr(),
+        in_v=in_v.data_ptr(),
+        J=in_t.shape[1],
+        rtol=float(rtol),
+        atol=float(atol),
+        max_steps=int(max_steps),
+        n_threads=int(n_threads) if n_threads > 0 else torch.get_num_threads(),
+    )  # 0: torch's current count
 
 
 def _ck_args(ck_t, ck_tn, ck_y, ck_jump, ck_n):
-    return dict(ck_cap=ck_t.shape[1], ck_t=ck_t.data_ptr(), ck_tn=ck_tn.data_ptr(), ck_y=ck_y.data_ptr(),
-                ck_jump=ck_jump.data_ptr(), ck_n=ck_n.data_ptr())
+    return dict(
+        ck_cap=ck_t.shape[1],
+        ck_t=ck_t.data_ptr(),
+        ck_tn=ck_tn.data_ptr(),
+        ck_y=ck_y.data_ptr(),
+        ck_jump=ck_jump.data_ptr(),
+        ck_n=ck_n.data_ptr(),
+    )
 
 
 def _ck_empty(B, D, cap, dtype, like=None):
-    mk = (lambda *s, dtype: like.new_empty(s, dtype=dtype)) if like is not None else \
-        (lambda *s, dtype: torch.zeros(s, dtype=dtype))  # zeros: deterministic outputs (opcheck)
-    return (mk(B, cap, dtype=torch.float64), mk(B, cap, dtype=torch.float64), mk(B, cap, D, dtype=dtype),
-            mk(B, cap, dtype=torch.uint8), mk(B, dtype=torch.int64))
+    mk = (
+        (lambda *s, dtype: like.new_empty(s, dtype=dtype)) if like is not None else (lambda *s, dtype: torch.zeros(s, dtype=dtype))
+    )  # zeros: deterministic outputs (opcheck)
+    return (
+        mk(B, cap, dtype=torch.float64),
+        mk(B, cap, dtype=torch.float64),
+        mk(B, cap, D, dtype=dtype),
+        mk(B, cap, dtype=torch.uint8),
+        mk(B, dtype=torch.int64),
+    )
 
 
 def _contig(*ts):
@@ -91,19 +120,30 @@ def _contig(*ts):
 
 def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps):
     """Shapes, dtypes and devices of the op's arguments (ValueError naming the argument)."""
+
     def need(cond, msg):
         if not cond:
             raise ValueError(f"hnode_fast::cpu_solve: {msg}")
+
     need(y0.dim() == 2 and y0.dtype in (torch.float32, torch.float64), "y0 must be (B, D) float32/float64")
     B, D = y0.shape
-    for name, x in (("ints", ints), ("params", params), ("y0", y0), ("out_t", out_t), ("stops", stops),
-                    ("ev_t", ev_t), ("ev_s", ev_s), ("ev_a", ev_a), ("in_t", in_t), ("in_v", in_v)):
+    for name, x in (
+        ("ints", ints),
+        ("params", params),
+        ("y0", y0),
+        ("out_t", out_t),
+        ("stops", stops),
+        ("ev_t", ev_t),
+        ("ev_s", ev_s),
+        ("ev_a", ev_a),
+        ("in_t", in_t),
+        ("in_v", in_v),
+    ):
         need(x.device.type == "cpu", f"{name} must be a CPU tensor")
     need(ints.dim() == 1 and ints.dtype == torch.int32 and ints.numel() >= 12, "ints must be a FieldSpec int32 table")
     need(params.dim() == 1 and params.dtype == y0.dtype, "params must be 1-D with y0's dtype")
     need(int(ints[1]) == D and int(ints[10]) == params.numel(), "ints/params do not match y0 (D) or each other (P)")
-    need(out_t.dim() == 2 and out_t.shape[0] == B and out_t.shape[1] >= 1 and out_t.dtype == torch.float64,
-         "out_t must be float64 (B, T)")
+    need(out_t.dim() == 2 and out_t.shape[0] == B and out_t.shape[1] >= 1 and out_t.dtype == torch.float64, "out_t must be float64 (B, T)")
     need(stops.dim() == 2 and stops.shape[0] == B and stops.dtype == torch.float64, "stops must be float64 (B, S)")
     need(ev_t.dim() == 2 and ev_t.shape[0] == B and ev_t.dtype == torch.float64, "ev_t must be float64 (B, E)")
     need(ev_s.shape == ev_t.shape and ev_s.dtype == torch.int32, "ev_s must be int32 with ev_t's shape")
@@ -112,8 +152,10 @@ def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_ste
         need(bool(((ev_s >= 0) & (ev_s < D)).all()), "ev_s must hold state indices in [0, D)")
     K = int(ints[2])
     need(in_t.dim() == 2 and in_t.shape[0] == B and in_t.dtype == torch.float64, "in_t must be float64 (B, J)")
-    need(in_v.dim() == 3 and in_v.shape[:2] == in_t.shape and in_v.dtype == y0.dtype
-         and (in_v.shape[2] == K or in_t.shape[1] == 0), "in_v must be (B, J, K) with y0's dtype")
+    need(
+        in_v.dim() == 3 and in_v.shape[:2] == in_t.shape and in_v.dtype == y0.dtype and (in_v.shape[2] == K or in_t.shape[1] == 0),
+        "in_v must be (B, J, K) with y0's dtype",
+    )
     need(max_steps >= 1, "max_steps must be >= 1")
 
 
@@ -129,12 +171,12 @@ def _raise_failed_checks(checks: Optional[Tensor], check_msgs: str) -> None:
         raise ValueError(msgs[i] if i < len(msgs) else "hf.odeint: invalid input")
 
 
-def _cpu_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads,
-                    ckpt_cap=0, checks=None, check_msgs=""):
+def _cpu_solve_impl(
+    ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, ckpt_cap=0, checks=None, check_msgs=""
+):
     _raise_failed_checks(checks, check_msgs)
     _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
-    ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _contig(
-        ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
+    ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _contig(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
     B, D = y0.shape
     y = torch.empty(out_t.shape[1], B, D, dtype=y0.dtype)
     stats = torch.empty(B, 4, dtype=torch.int64)
@@ -148,32 +190,69 @@ def _cpu_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v
 
 
 @torch.library.custom_op("hnode_fast::cpu_solve", mutates_args=())
-def cpu_solve(ints: Tensor, params: Tensor, y0: Tensor, out_t: Tensor, stops: Tensor, ev_t: Tensor,
-              ev_s: Tensor, ev_a: Tensor, in_t: Tensor, in_v: Tensor, rtol: float, atol: float,
-              max_steps: int, n_threads: int, ckpt_cap: int = 0, checks: Optional[Tensor] = None,
-              check_msgs: str = "") -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _cpu_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps,
-                           n_threads, ckpt_cap, checks, check_msgs)
+def cpu_solve(
+    ints: Tensor,
+    params: Tensor,
+    y0: Tensor,
+    out_t: Tensor,
+    stops: Tensor,
+    ev_t: Tensor,
+    ev_s: Tensor,
+    ev_a: Tensor,
+    in_t: Tensor,
+    in_v: Tensor,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    n_threads: int,
+    ckpt_cap: int = 0,
+    checks: Optional[Tensor] = None,
+    check_msgs: str = "",
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _cpu_solve_impl(
+        ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, ckpt_cap, checks, check_msgs
+    )
 
 
 @cpu_solve.register_fake
-def _(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, ckpt_cap=0,
-      checks=None, check_msgs=""):
+def _(
+    ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, ckpt_cap=0, checks=None, check_msgs=""
+):
     B, D = y0.shape
-    return (y0.new_empty(out_t.shape[1], B, D), y0.new_empty(B, 4, dtype=torch.int64)) + \
-        _ck_empty(B, D, max(int(ckpt_cap), 0), y0.dtype, like=y0)
+    return (y0.new_empty(out_t.shape[1], B, D), y0.new_empty(B, 4, dtype=torch.int64)) + _ck_empty(
+        B, D, max(int(ckpt_cap), 0), y0.dtype, like=y0
+    )
 
 
 @torch.library.custom_op("hnode_fast::cpu_solve_backward", mutates_args=())
-def cpu_solve_backward(grad_y: Tensor, ints: Tensor, params: Tensor, y0: Tensor, out_t: Tensor, stops: Tensor,
-                       ev_t: Tensor, ev_s: Tensor, ev_a: Tensor, in_t: Tensor, in_v: Tensor, rtol: float,
-                       atol: float, max_steps: int, n_threads: int, ck_t: Tensor, ck_tn: Tensor, ck_y: Tensor,
-                       ck_jump: Tensor, ck_n: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def cpu_solve_backward(
+    grad_y: Tensor,
+    ints: Tensor,
+    params: Tensor,
+    y0: Tensor,
+    out_t: Tensor,
+    stops: Tensor,
+    ev_t: Tensor,
+    ev_s: Tensor,
+    ev_a: Tensor,
+    in_t: Tensor,
+    in_v: Tensor,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    n_threads: int,
+    ck_t: Tensor,
+    ck_tn: Tensor,
+    ck_y: Tensor,
+    ck_jump: Tensor,
+    ck_n: Tensor,
+) -> Tuple[Tensor, Tensor, Tensor]:
     _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
     if grad_y.shape != (out_t.shape[1],) + tuple(y0.shape) or grad_y.dtype != y0.dtype:
         raise ValueError("hnode_fast::cpu_solve_backward: grad_y must be (T, B, D) with y0's dtype")
     grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _contig(
-        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
+        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v
+    )
     B, D = y0.shape
     gp = torch.zeros(params.shape, dtype=params.dtype)
     gy0 = torch.zeros(B, D, dtype=y0.dtype)
@@ -182,21 +261,27 @@ def cpu_solve_backward(grad_y: Tensor, ints: Tensor, params: Tensor, y0: Tensor,
         a = _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
         cap = ck_t.shape[1] if ck_t.dim() == 2 else 0
         if cap > 0:
-            if not (ck_t.shape == ck_tn.shape == ck_jump.shape == (B, cap) and ck_y.shape == (B, cap, D)
-                    and ck_n.shape == (B,) and ck_t.dtype == ck_tn.dtype == torch.float64 and ck_y.dtype == y0.dtype
-                    and ck_jump.dtype == torch.uint8 and ck_n.dtype == torch.int64):
+            if not (
+                ck_t.shape == ck_tn.shape == ck_jump.shape == (B, cap)
+                and ck_y.shape == (B, cap, D)
+                and ck_n.shape == (B,)
+                and ck_t.dtype == ck_tn.dtype == torch.float64
+                and ck_y.dtype == y0.dtype
+                and ck_jump.dtype == torch.uint8
+                and ck_n.dtype == torch.int64
+            ):
                 raise ValueError("hnode_fast::cpu_solve_backward: bad checkpoint tensors")
             if bool((ck_n > cap).any()):
                 raise ValueError("hnode_fast::cpu_solve_backward: ck_n exceeds the checkpoint capacity")
             a.update(_ck_args(*_contig(ck_t, ck_tn, ck_y, ck_jump, ck_n)))
-        _lib().cpu_solve_backward(a, y0.dtype == torch.float64, grad_y.data_ptr(), gp.data_ptr(),
-                                  gy0.data_ptr(), gev.data_ptr())
+        _lib().cpu_solve_backward(a, y0.dtype == torch.float64, grad_y.data_ptr(), gp.data_ptr(), gy0.data_ptr(), gev.data_ptr())
     return gp, gy0, gev.to(ev_a.dtype)
 
 
 @cpu_solve_backward.register_fake
-def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads,
-      ck_t, ck_tn, ck_y, ck_jump, ck_n):
+def _(
+    grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, ck_t, ck_tn, ck_y, ck_jump, ck_n
+):
     return params.new_empty(params.shape), y0.new_empty(y0.shape), ev_a.new_empty(ev_a.shape)
 
 
@@ -210,8 +295,9 @@ def _backward(ctx, grad_y, *unused):
     ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = saved[:10]
     if grad_y is None:
         grad_y = torch.zeros(out_t.shape[1], y0.shape[0], y0.shape[1], dtype=y0.dtype)
-    gp, gy0, gev = torch.ops.hnode_fast.cpu_solve_backward(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s,
-                                                           ev_a, in_t, in_v, *ctx.scalars, *saved[10:])
+    gp, gy0, gev = torch.ops.hnode_fast.cpu_solve_backward(
+        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, *ctx.scalars, *saved[10:]
+    )
     return (None, gp, gy0, None, None, None, None, gev) + (None,) * 9
 
 
@@ -219,9 +305,24 @@ cpu_solve.register_autograd(_backward, setup_context=_setup_context)
 
 
 @torch.library.custom_op("hnode_fast::cpu_solve_backsolve", mutates_args=())
-def cpu_solve_backsolve(grad_y: Tensor, ints: Tensor, params: Tensor, y0: Tensor, out_t: Tensor, stops: Tensor,
-                        ev_t: Tensor, ev_s: Tensor, ev_a: Tensor, in_t: Tensor, in_v: Tensor, y_end: Tensor,
-                        rtol: float, atol: float, max_steps: int, n_threads: int) -> Tuple[Tensor, Tensor, Tensor]:
+def cpu_solve_backsolve(
+    grad_y: Tensor,
+    ints: Tensor,
+    params: Tensor,
+    y0: Tensor,
+    out_t: Tensor,
+    stops: Tensor,
+    ev_t: Tensor,
+    ev_s: Tensor,
+    ev_a: Tensor,
+    in_t: Tensor,
+    in_v: Tensor,
+    y_end: Tensor,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    n_threads: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Continuous adjoint: ``(grad_params (P,), grad_y0 (B, D), backward stats (B, 4))``.
 
     ``y_end``: the forward's final states ``y[-1]`` (rows that are not finite, i.e. failed
@@ -234,21 +335,22 @@ def cpu_solve_backsolve(grad_y: Tensor, ints: Tensor, params: Tensor, y0: Tensor
     if y_end.shape != y0.shape or y_end.dtype != y0.dtype:
         raise ValueError("hnode_fast::cpu_solve_backsolve: y_end must be (B, D) with y0's dtype")
     grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end = _contig(
-        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end)
+        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end
+    )
     B, D = y0.shape
     gp = torch.zeros(params.shape, dtype=params.dtype)
     gy0 = torch.zeros(B, D, dtype=y0.dtype)
     bst = torch.zeros(B, 4, dtype=torch.int64)
     if B > 0:
         a = _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
-        _lib().cpu_solve_backsolve(a, y0.dtype == torch.float64, grad_y.data_ptr(), y_end.data_ptr(),
-                                   gp.data_ptr(), gy0.data_ptr(), bst.data_ptr())
+        _lib().cpu_solve_backsolve(
+            a, y0.dtype == torch.float64, grad_y.data_ptr(), y_end.data_ptr(), gp.data_ptr(), gy0.data_ptr(), bst.data_ptr()
+        )
     return gp, gy0, bst
 
 
 @cpu_solve_backsolve.register_fake
-def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end, rtol, atol, max_steps,
-      n_threads):
+def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end, rtol, atol, max_steps, n_threads):
     return params.new_empty(params.shape), y0.new_empty(y0.shape), y0.new_empty(y0.shape[0], 4, dtype=torch.int64)
 
 
@@ -257,10 +359,12 @@ class _Backsolve(torch.autograd.Function):
     continuous adjoint of reference/backsolve.py). Gradients to ``params`` and ``y0`` only."""
 
     @staticmethod
-    def forward(ctx, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps,
-                n_threads, checks=None, check_msgs=""):
-        y, st = torch.ops.hnode_fast.cpu_solve(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v,
-                                               rtol, atol, max_steps, n_threads, 0, checks, check_msgs)[:2]
+    def forward(
+        ctx, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, checks=None, check_msgs=""
+    ):
+        y, st = torch.ops.hnode_fast.cpu_solve(
+            ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, 0, checks, check_msgs
+        )[:2]
         ctx.save_for_backward(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y)
         ctx.scalars = (rtol, atol, max_steps, n_threads)
         ctx.mark_non_differentiable(st)
@@ -270,13 +374,16 @@ class _Backsolve(torch.autograd.Function):
     def backward(ctx, grad_y, _grad_st):
         ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y = ctx.saved_tensors
         grad_y = torch.nan_to_num(grad_y, nan=0.0)  # no output beyond a failure (as the reference)
-        gp, gy0, bst = torch.ops.hnode_fast.cpu_solve_backsolve(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s,
-                                                                ev_a, in_t, in_v, y[-1], *ctx.scalars)
+        gp, gy0, bst = torch.ops.hnode_fast.cpu_solve_backsolve(
+            grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y[-1], *ctx.scalars
+        )
         if not torch.compiler.is_compiling() and bool((bst[:, 3] != 0).any()):
-            warnings.warn("backsolve adjoint: the backward solve failed for some trajectories "
-                          f"(status {bst[:, 3].tolist()}); their gradients are NaN", RuntimeWarning)
-        return ((None, gp if ctx.needs_input_grad[1] else None, gy0 if ctx.needs_input_grad[2] else None)
-                + (None,) * 13)
+            warnings.warn(
+                "backsolve adjoint: the backward solve failed for some trajectories "
+                f"(status {bst[:, 3].tolist()}); their gradients are NaN",
+                RuntimeWarning,
+            )
+        return (None, gp if ctx.needs_input_grad[1] else None, gy0 if ctx.needs_input_grad[2] else None) + (None,) * 13
 
 
 def problem_tensors(prob, spec):
@@ -323,12 +430,20 @@ def _structure_for(field) -> SpecStructure:
     version (``set_mask``, ``set_term_mask``, ``load_state_dict`` and ``.to`` invalidate it)."""
     refs = _structure_refs(field)
     ref = field.nn.layers[0].weight if field.nn is not None else (field.mech.params if field.mech is not None else None)
-    cfg = (field.n_states, field.n_inputs, field.nn_uses_inputs,
-           None if ref is None else (ref.dtype, ref.device),
-           None if field.mech is None else (id(field.mech.terms), len(field.mech.terms)))
+    cfg = (
+        field.n_states,
+        field.n_inputs,
+        field.nn_uses_inputs,
+        None if ref is None else (ref.dtype, ref.device),
+        None if field.mech is None else (id(field.mech.terms), len(field.mech.terms)),
+    )
     cache = field.__dict__.get("_hnode_structure_cache")
-    if (cache is not None and cache[0] == cfg and len(cache[1]) == len(refs)
-            and all(a is b and a._version == v for a, b, v in zip(cache[1], refs, cache[2]))):
+    if (
+        cache is not None
+        and cache[0] == cfg
+        and len(cache[1]) == len(refs)
+        and all(a is b and a._version == v for a, b, v in zip(cache[1], refs, cache[2]))
+    ):
         return cache[3]
     st = spec_structure(field.mech, field.nn, field.n_states, field.n_inputs, field.nn_uses_inputs)
     object.__setattr__(field, "_hnode_structure_cache", (cfg, tuple(refs), tuple(r._version for r in refs), st))
@@ -356,12 +471,16 @@ def _traced_structure(field, versions) -> SpecStructure:
 
 
 def _structure_versions(field) -> Tuple[int, int]:
-    return (getattr(field.nn, "_hnode_structure_version", 0) if field.nn is not None else 0,
-            getattr(field.mech, "_hnode_structure_version", 0) if field.mech is not None else 0)
+    return (
+        getattr(field.nn, "_hnode_structure_version", 0) if field.nn is not None else 0,
+        getattr(field.mech, "_hnode_structure_version", 0) if field.mech is not None else 0,
+    )
 
 
-_STRUCTURE_CHANGED = ("the field's masks or term mask changed after torch.compile traced this function (its sparsity "
-                      "structure is a constant of the compiled graph): call torch.compiler.reset() and compile again")
+_STRUCTURE_CHANGED = (
+    "the field's masks or term mask changed after torch.compile traced this function (its sparsity "
+    "structure is a constant of the compiled graph): call torch.compiler.reset() and compile again"
+)
 
 
 def _spec_for(field, checks: Optional[list] = None) -> FieldSpec:
@@ -414,11 +533,9 @@ def solve(prob):
     computed in the graph and passed to the op, which raises ``ValueError`` before solving.
     """
     if not prob.field_like:
-        raise NotImplementedError("backend='cpu' solves hf.HybridField funcs only; use backend='reference' "
-                                  "for plain callables")
+        raise NotImplementedError("backend='cpu' solves hf.HybridField funcs only; use backend='reference' for plain callables")
     if prob.step_mode != "per_sample":
-        raise NotImplementedError("backend='cpu' supports step_mode='per_sample' only; use backend='reference' "
-                                  "for step_mode='shared'")
+        raise NotImplementedError("backend='cpu' supports step_mode='per_sample' only; use backend='reference' for step_mode='shared'")
     if prob.adjoint not in ("discrete", "backsolve"):
         raise NotImplementedError(f"backend='cpu' has no adjoint={prob.adjoint!r}")
     if prob.adjoint == "backsolve" and prob.events is not None and prob.events.amounts.requires_grad:
@@ -433,8 +550,22 @@ def solve(prob):
     if params.dtype != prob.y0.dtype:
         params = params.to(prob.y0.dtype)
     out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = problem_tensors(prob, spec)
-    args = (spec.ints, params, prob.y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, prob.rtol, prob.atol,
-            prob.max_steps, 0 if compiling else torch.get_num_threads())  # 0: the op reads it at run time
+    args = (
+        spec.ints,
+        params,
+        prob.y0,
+        out_t,
+        stops,
+        ev_t,
+        ev_s,
+        ev_a,
+        in_t,
+        in_v,
+        prob.rtol,
+        prob.atol,
+        prob.max_steps,
+        0 if compiling else torch.get_num_threads(),
+    )  # 0: the op reads it at run time
     chk, msgs = None, ""
     if checks:
         chk = torch.stack([c.reshape(()).to(device="cpu", dtype=torch.bool) for c, _ in checks])
@@ -466,8 +597,20 @@ def eval_field(spec, z: Tensor, u=None, repeat: int = 1, n_threads: int = 1) -> 
     K = spec.n_inputs
     u = (u if u is not None else z.new_zeros(B, K)).to(z.dtype).contiguous() if K > 0 else z.new_zeros(1)
     out = torch.empty_like(z)
-    lib.cpu_eval_field(z.dtype == torch.float64, spec.ints.data_ptr(), spec.ints.numel(), params.data_ptr(),
-                       params.numel(), z.data_ptr(), u.data_ptr(), B, D, out.data_ptr(), n_threads, repeat)
+    lib.cpu_eval_field(
+        z.dtype == torch.float64,
+        spec.ints.data_ptr(),
+        spec.ints.numel(),
+        params.data_ptr(),
+        params.numel(),
+        z.data_ptr(),
+        u.data_ptr(),
+        B,
+        D,
+        out.data_ptr(),
+        n_threads,
+        repeat,
+    )
     return out
 
 
@@ -481,6 +624,18 @@ def vjp_field(spec, z: Tensor, a: Tensor, u=None):
     u = (u if u is not None else z.new_zeros(B, K)).to(z.dtype).contiguous() if K > 0 else z.new_zeros(1)
     gz = torch.zeros_like(z)
     gp = torch.zeros_like(params)
-    lib.cpu_vjp_field(z.dtype == torch.float64, spec.ints.data_ptr(), spec.ints.numel(), params.data_ptr(),
-                      params.numel(), z.data_ptr(), u.data_ptr(), a.data_ptr(), B, D, gz.data_ptr(), gp.data_ptr())
+    lib.cpu_vjp_field(
+        z.dtype == torch.float64,
+        spec.ints.data_ptr(),
+        spec.ints.numel(),
+        params.data_ptr(),
+        params.numel(),
+        z.data_ptr(),
+        u.data_ptr(),
+        a.data_ptr(),
+        B,
+        D,
+        gz.data_ptr(),
+        gp.data_ptr(),
+    )
     return gz, gp

@@ -19,6 +19,7 @@ Launches go on ``torch.cuda.current_stream()``; the forward never synchronises t
 (the backward does, once, to find overflowed trajectories). Same options as the CPU backend:
 ``hf.HybridField`` funcs, ``step_mode="per_sample"``, ``adjoint="discrete"``.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -44,11 +45,15 @@ def unavailable_reason() -> str:
     if _native._C is None:
         return "backend='cuda' is not available: the compiled extension hnode_fast._C is missing"
     if not _compiled():
-        return ("backend='cuda' is not available: hnode_fast was not compiled with CUDA "
-                "(build_info()['cuda'] is False; rebuild with nvcc on PATH, HNODE_CUDA=ON)")
+        return (
+            "backend='cuda' is not available: hnode_fast was not compiled with CUDA "
+            "(build_info()['cuda'] is False; rebuild with nvcc on PATH, HNODE_CUDA=ON)"
+        )
     if not torch.cuda.is_available():
-        return ("backend='cuda' is not available: no CUDA device (torch.cuda.is_available() is False; "
-                f"torch {torch.__version__}, extension sees {_native._C.cuda_device_count()} device(s))")
+        return (
+            "backend='cuda' is not available: no CUDA device (torch.cuda.is_available() is False; "
+            f"torch {torch.__version__}, extension sees {_native._C.cuda_device_count()} device(s))"
+        )
     return ""
 
 
@@ -65,8 +70,7 @@ def _lib():
 
 def supports(prob) -> bool:
     """Whether ``backend="auto"`` may use this backend for ``prob``."""
-    return (prob.field_like and prob.y0.device.type == "cuda" and prob.step_mode == "per_sample"
-            and prob.adjoint == "discrete")
+    return prob.field_like and prob.y0.device.type == "cuda" and prob.step_mode == "per_sample" and prob.adjoint == "discrete"
 
 
 def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps):
@@ -75,14 +79,24 @@ def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_ste
         raise ValueError("hnode_fast::cuda_solve: y0 must be a CUDA tensor")
     if ints.device.type != "cpu":
         raise ValueError("hnode_fast::cuda_solve: ints (FieldSpec table) must be a CPU tensor")
-    for name, x in (("params", params), ("out_t", out_t), ("stops", stops), ("ev_t", ev_t), ("ev_s", ev_s),
-                    ("ev_a", ev_a), ("in_t", in_t), ("in_v", in_v)):
+    for name, x in (
+        ("params", params),
+        ("out_t", out_t),
+        ("stops", stops),
+        ("ev_t", ev_t),
+        ("ev_s", ev_s),
+        ("ev_a", ev_a),
+        ("in_t", in_t),
+        ("in_v", in_v),
+    ):
         if x.device != y0.device:
             raise ValueError(f"hnode_fast::cuda_solve: {name} is on {x.device} but y0 is on {y0.device}")
     # shape/dtype/range checks: the CPU op's validator, seeing the device tensors through a proxy
     # (it reads values only from ints, a CPU tensor, and ev_s for its range check)
-    _cpu._check(*[t if t.device.type == "cpu" else _MetaCPU(t) for t in
-                  (ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)], *[max_steps])
+    _cpu._check(
+        *[t if t.device.type == "cpu" else _MetaCPU(t) for t in (ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)],
+        *[max_steps],
+    )
 
 
 class _MetaCPU:
@@ -132,17 +146,20 @@ def _launch_args(lib, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in
     plan = lib.cuda_plan(ints.data_ptr(), ints.numel(), params.numel(), D, y0.dtype == torch.float64)
     ints_dev = ints.to(dev, non_blocking=False)
     params_t = torch.empty_like(params)
-    a.update(ints_dev=ints_dev.data_ptr(), params_t=params_t.data_ptr(),
-             stream=torch.cuda.current_stream(dev).cuda_stream, device=dev.index if dev.index is not None else
-             torch.cuda.current_device())
+    a.update(
+        ints_dev=ints_dev.data_ptr(),
+        params_t=params_t.data_ptr(),
+        stream=torch.cuda.current_stream(dev).cuda_stream,
+        device=dev.index if dev.index is not None else torch.cuda.current_device(),
+    )
     return a, plan, [ints_dev, params_t]
 
 
-def _cuda_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps,
-                     ckpt_cap=0):
+def _cuda_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, ckpt_cap=0):
     _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
     ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _cpu._contig(
-        ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
+        ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v
+    )
     B, D = y0.shape
     y = torch.empty(out_t.shape[1], B, D, dtype=y0.dtype, device=y0.device)
     stats = torch.empty(B, 4, dtype=torch.int64, device=y0.device)
@@ -150,8 +167,7 @@ def _cuda_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_
     if B > 0:
         lib = _lib()
         with torch.cuda.device(y0.device):
-            a, plan, keep = _launch_args(lib, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol,
-                                         atol, max_steps)
+            a, plan, keep = _launch_args(lib, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps)
             if plan["bucket"] > 0:
                 n_thr, ws = B, y0.new_empty(0)
             else:
@@ -166,23 +182,34 @@ def _cuda_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_
 
 
 @torch.library.custom_op("hnode_fast::cuda_solve", mutates_args=())
-def cuda_solve(ints: Tensor, params: Tensor, y0: Tensor, out_t: Tensor, stops: Tensor, ev_t: Tensor,
-               ev_s: Tensor, ev_a: Tensor, in_t: Tensor, in_v: Tensor, rtol: float, atol: float,
-               max_steps: int, ckpt_cap: int = 0
-               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _cuda_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps,
-                            ckpt_cap)
+def cuda_solve(
+    ints: Tensor,
+    params: Tensor,
+    y0: Tensor,
+    out_t: Tensor,
+    stops: Tensor,
+    ev_t: Tensor,
+    ev_s: Tensor,
+    ev_a: Tensor,
+    in_t: Tensor,
+    in_v: Tensor,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    ckpt_cap: int = 0,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _cuda_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, ckpt_cap)
 
 
 @cuda_solve.register_fake
 def _(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, ckpt_cap=0):
     B, D = y0.shape
-    return (y0.new_empty(out_t.shape[1], B, D), y0.new_empty(B, 4, dtype=torch.int64)) + \
-        _cpu._ck_empty(B, D, max(int(ckpt_cap), 0), y0.dtype, like=y0)
+    return (y0.new_empty(out_t.shape[1], B, D), y0.new_empty(B, 4, dtype=torch.int64)) + _cpu._ck_empty(
+        B, D, max(int(ckpt_cap), 0), y0.dtype, like=y0
+    )
 
 
-def _adjoint_launch(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps,
-                    ck):
+def _adjoint_launch(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, ck):
     """One adjoint launch over stored checkpoints; trajectories with ck_n < 0 get zeros."""
     lib = _lib()
     B, D = y0.shape
@@ -193,37 +220,62 @@ def _adjoint_launch(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in
     if B == 0:
         return gp, gy0, gev
     with torch.cuda.device(y0.device):
-        a, plan, keep = _launch_args(lib, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol,
-                                     max_steps)
+        a, plan, keep = _launch_args(lib, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps)
         generic = plan["bucket"] == 0
         n_thr = _n_thr(B, max(P, 1) + (plan["wsz"] if generic else 0), y0.element_size())
         ws = y0.new_empty(n_thr * plan["wsz"] if generic else 0)
         partials = y0.new_empty(n_thr * max(P, 1))
         a.update(ws=ws.data_ptr(), ws_elems=ws.numel(), n_thr=n_thr)
         a.update(_cpu._ck_args(*ck))
-        lib.cuda_solve_backward(a, y0.dtype == torch.float64, grad_y.data_ptr(), gp.data_ptr(), gy0.data_ptr(),
-                                gev.data_ptr(), partials.data_ptr())
+        lib.cuda_solve_backward(
+            a, y0.dtype == torch.float64, grad_y.data_ptr(), gp.data_ptr(), gy0.data_ptr(), gev.data_ptr(), partials.data_ptr()
+        )
         del keep, ws, partials
     return gp, gy0, gev
 
 
 @torch.library.custom_op("hnode_fast::cuda_solve_backward", mutates_args=())
-def cuda_solve_backward(grad_y: Tensor, ints: Tensor, params: Tensor, y0: Tensor, out_t: Tensor, stops: Tensor,
-                        ev_t: Tensor, ev_s: Tensor, ev_a: Tensor, in_t: Tensor, in_v: Tensor, rtol: float,
-                        atol: float, max_steps: int, stats: Tensor, ck_t: Tensor, ck_tn: Tensor, ck_y: Tensor,
-                        ck_jump: Tensor, ck_n: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def cuda_solve_backward(
+    grad_y: Tensor,
+    ints: Tensor,
+    params: Tensor,
+    y0: Tensor,
+    out_t: Tensor,
+    stops: Tensor,
+    ev_t: Tensor,
+    ev_s: Tensor,
+    ev_a: Tensor,
+    in_t: Tensor,
+    in_v: Tensor,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    stats: Tensor,
+    ck_t: Tensor,
+    ck_tn: Tensor,
+    ck_y: Tensor,
+    ck_jump: Tensor,
+    ck_n: Tensor,
+) -> Tuple[Tensor, Tensor, Tensor]:
     _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
     if grad_y.shape != (out_t.shape[1],) + tuple(y0.shape) or grad_y.dtype != y0.dtype:
         raise ValueError("hnode_fast::cuda_solve_backward: grad_y must be (T, B, D) with y0's dtype")
     grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _cpu._contig(
-        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
+        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v
+    )
     B, D = y0.shape
     cap = ck_t.shape[1] if ck_t.dim() == 2 else 0
     args = (ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps)
     if cap > 0:
-        if not (ck_t.shape == ck_tn.shape == ck_jump.shape == (B, cap) and ck_y.shape == (B, cap, D)
-                and ck_n.shape == (B,) and ck_t.dtype == ck_tn.dtype == torch.float64 and ck_y.dtype == y0.dtype
-                and ck_jump.dtype == torch.uint8 and ck_n.dtype == torch.int64):
+        if not (
+            ck_t.shape == ck_tn.shape == ck_jump.shape == (B, cap)
+            and ck_y.shape == (B, cap, D)
+            and ck_n.shape == (B,)
+            and ck_t.dtype == ck_tn.dtype == torch.float64
+            and ck_y.dtype == y0.dtype
+            and ck_jump.dtype == torch.uint8
+            and ck_n.dtype == torch.int64
+        ):
             raise ValueError("hnode_fast::cuda_solve_backward: bad checkpoint tensors")
         ck = _cpu._contig(ck_t, ck_tn, ck_y, ck_jump, ck_n)
         gp, gy0, gev = _adjoint_launch(grad_y, *args, ck)
@@ -247,8 +299,7 @@ def cuda_solve_backward(grad_y: Tensor, ints: Tensor, params: Tensor, y0: Tensor
 
 
 @cuda_solve_backward.register_fake
-def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, stats,
-      ck_t, ck_tn, ck_y, ck_jump, ck_n):
+def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, stats, ck_t, ck_tn, ck_y, ck_jump, ck_n):
     return params.new_empty(params.shape), y0.new_empty(y0.shape), ev_a.new_empty(ev_a.shape)
 
 
@@ -262,8 +313,9 @@ def _backward(ctx, grad_y, *unused):
     ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = saved[:10]
     if grad_y is None:
         grad_y = torch.zeros(out_t.shape[1], y0.shape[0], y0.shape[1], dtype=y0.dtype, device=y0.device)
-    gp, gy0, gev = torch.ops.hnode_fast.cuda_solve_backward(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s,
-                                                            ev_a, in_t, in_v, *ctx.scalars, *saved[10:])
+    gp, gy0, gev = torch.ops.hnode_fast.cuda_solve_backward(
+        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, *ctx.scalars, *saved[10:]
+    )
     return (None, gp, gy0, None, None, None, None, gev, None, None, None, None, None, None)
 
 
@@ -289,14 +341,11 @@ def problem_tensors(prob, spec):
 def solve(prob):
     """``Problem -> (y (T, B, D), Stats)`` on the CUDA kernels."""
     if not prob.field_like:
-        raise NotImplementedError("backend='cuda' solves hf.HybridField funcs only; use backend='reference' "
-                                  "for plain callables")
+        raise NotImplementedError("backend='cuda' solves hf.HybridField funcs only; use backend='reference' for plain callables")
     if prob.step_mode != "per_sample":
-        raise NotImplementedError("backend='cuda' supports step_mode='per_sample' only; use backend='reference' "
-                                  "for step_mode='shared'")
+        raise NotImplementedError("backend='cuda' supports step_mode='per_sample' only; use backend='reference' for step_mode='shared'")
     if prob.adjoint != "discrete":
-        raise NotImplementedError("backend='cuda' supports adjoint='discrete' only; use backend='reference' "
-                                  "for adjoint='backsolve'")
+        raise NotImplementedError("backend='cuda' supports adjoint='discrete' only; use backend='reference' for adjoint='backsolve'")
     _lib()
     if prob.y0.device.type != "cuda":
         raise ValueError(f"backend='cuda' needs CUDA tensors, y0 is on {prob.y0.device}")
@@ -305,8 +354,7 @@ def solve(prob):
     if params.dtype != prob.y0.dtype:
         params = params.to(prob.y0.dtype)
     out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = problem_tensors(prob, spec)
-    args = (spec.ints, params, prob.y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, prob.rtol, prob.atol,
-            prob.max_steps)
+    args = (spec.ints, params, prob.y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, prob.rtol, prob.atol, prob.max_steps)
     needs_graph = torch.is_grad_enabled() and (params.requires_grad or prob.y0.requires_grad or ev_a.requires_grad)
     if needs_graph or torch.compiler.is_compiling():
         B, D = prob.y0.shape

@@ -1,4 +1,5 @@
 """The reference backend: the plain-PyTorch solver (any callable, both adjoints)."""
+
 from __future__ import annotations
 
 import torch
@@ -15,11 +16,12 @@ def solve(prob):
     stops = build_stops(prob.out_t, prob.events, prob.inputs)
     jump = None
     if prob.events is not None:
+
         def jump(y, t, hit):
             return y + dose_delta(prob.events, t, hit, y.shape, y.dtype)
+
     if prob.adjoint == "discrete":
-        y, _, stats = integrate(fun, prob.y0, prob.out_t, prob.rtol, prob.atol, prob.step_mode,
-                                prob.max_steps, stops, jump)
+        y, _, stats = integrate(fun, prob.y0, prob.out_t, prob.rtol, prob.atol, prob.step_mode, prob.max_steps, stops, jump)
         return y, stats
     if prob.events is not None and prob.events.amounts.requires_grad:
         raise NotImplementedError("adjoint='backsolve' gives no gradient to events.amounts; use adjoint='discrete'")

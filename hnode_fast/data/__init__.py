@@ -1,4 +1,5 @@
 """Longitudinal datasets and bundled real pharmacokinetic data (see ``SOURCES.md``)."""
+
 from .longitudinal import LongitudinalDataset, Subject, load_indometh, load_phenobarb, load_theoph, read_csv
 
 __all__ = ["LongitudinalDataset", "Subject", "load_theoph", "load_indometh", "load_phenobarb", "read_csv"]

@@ -23,6 +23,7 @@ Typical use::
     pred = z.permute(1, 0, 2)[..., ds.observed_idx] / V        # (B, T, n_obs)
     loss = ((pred - b["y"])[b["obs_mask"]] ** 2).mean()
 """
+
 from __future__ import annotations
 
 import csv
@@ -91,8 +92,7 @@ class Subject:
         if obs.ndim == 1:
             obs = obs[:, None]
         if obs.ndim != 2 or obs.shape[0] != times.shape[0]:
-            raise ValueError(f"{who}: obs must have shape (T, n_obs) with T = len(times) = {times.shape[0]}, "
-                             f"got {tuple(obs.shape)}")
+            raise ValueError(f"{who}: obs must have shape (T, n_obs) with T = len(times) = {times.shape[0]}, got {tuple(obs.shape)}")
         if not np.isfinite(times).all():
             raise ValueError(f"{who}: observation times must be finite")
         if np.isinf(obs).any():
@@ -110,8 +110,9 @@ class Subject:
         da = np.asarray(self.dose_amounts, dtype=np.float64).reshape(-1)
         ds = np.asarray(self.dose_states).reshape(-1)
         if not (dt.shape == da.shape == ds.shape):
-            raise ValueError(f"{who}: dose_times, dose_amounts, dose_states must have the same length, got "
-                             f"{dt.shape[0]}, {da.shape[0]}, {ds.shape[0]}")
+            raise ValueError(
+                f"{who}: dose_times, dose_amounts, dose_states must have the same length, got {dt.shape[0]}, {da.shape[0]}, {ds.shape[0]}"
+            )
         if not (np.isfinite(dt).all() and np.isfinite(da).all()):
             raise ValueError(f"{who}: dose times and amounts must be finite")
         if ds.size == 0:
@@ -157,8 +158,9 @@ class LongitudinalDataset:
     naming them.
     """
 
-    def __init__(self, subjects: Sequence[Subject], state_names: Sequence[str], observed: Sequence[str],
-                 obs_scale: str = "", name: str = ""):
+    def __init__(
+        self, subjects: Sequence[Subject], state_names: Sequence[str], observed: Sequence[str], obs_scale: str = "", name: str = ""
+    ):
         self.state_names = [str(s) for s in state_names]
         if not self.state_names:
             raise ValueError("state_names must not be empty")
@@ -184,18 +186,17 @@ class LongitudinalDataset:
                 raise ValueError(f"duplicate subject id {s.id!r}")
             seen.add(s.id)
             if s.n_obs != len(self.observed):
-                raise ValueError(f"subject {s.id!r}: obs has {s.n_obs} columns but observed lists "
-                                 f"{len(self.observed)} states {self.observed}")
+                raise ValueError(
+                    f"subject {s.id!r}: obs has {s.n_obs} columns but observed lists {len(self.observed)} states {self.observed}"
+                )
             ds = s.dose_states
             if ds.dtype == object:
                 bad = sorted({str(x) for x in ds if str(x) not in index})
                 if bad:
-                    raise ValueError(f"subject {s.id!r}: unknown state name(s) {bad} in dose_states; "
-                                     f"states are {self.state_names}")
+                    raise ValueError(f"subject {s.id!r}: unknown state name(s) {bad} in dose_states; states are {self.state_names}")
                 s = dataclasses.replace(s, dose_states=np.array([index[str(x)] for x in ds], dtype=np.int64))
             elif ds.size and (ds.min() < 0 or ds.max() >= len(self.state_names)):
-                raise ValueError(f"subject {s.id!r}: dose_states must be in [0, {len(self.state_names)}), "
-                                 f"got {ds.tolist()}")
+                raise ValueError(f"subject {s.id!r}: dose_states must be in [0, {len(self.state_names)}), got {ds.tolist()}")
             subs.append(s)
         if not subs:
             raise ValueError("a LongitudinalDataset needs at least one subject")
@@ -217,8 +218,7 @@ class LongitudinalDataset:
         return self.subset(i)
 
     def __repr__(self) -> str:
-        return (f"LongitudinalDataset({self.name!r}, {len(self)} subjects, states={self.state_names}, "
-                f"observed={self.observed})")
+        return f"LongitudinalDataset({self.name!r}, {len(self)} subjects, states={self.state_names}, observed={self.observed})"
 
     @property
     def n_states(self) -> int:
@@ -243,12 +243,12 @@ class LongitudinalDataset:
         for i in idx:
             if not -len(self) <= i < len(self):
                 raise ValueError(f"subject index {i} out of range for {len(self)} subjects")
-        return LongitudinalDataset([self.subjects[i] for i in idx], self.state_names, self.observed,
-                                   self.obs_scale, self.name)
+        return LongitudinalDataset([self.subjects[i] for i in idx], self.state_names, self.observed, self.obs_scale, self.name)
 
     # ------------------------------------------------------------------ splits
-    def split(self, test_fraction: Optional[float] = None, *, n_test: Optional[int] = None,
-              seed: int = 0) -> Tuple["LongitudinalDataset", "LongitudinalDataset"]:
+    def split(
+        self, test_fraction: Optional[float] = None, *, n_test: Optional[int] = None, seed: int = 0
+    ) -> Tuple["LongitudinalDataset", "LongitudinalDataset"]:
         """Random split by subject into ``(train, test)``.
 
         Give ``test_fraction`` in ``(0, 1)`` (rounded, at least 1 subject) or ``n_test``;
@@ -285,8 +285,7 @@ class LongitudinalDataset:
             yield self.subset(train), self.subset(val)
 
     # ------------------------------------------------------------------ batching
-    def batch(self, subject_indices=None, dtype: torch.dtype = torch.float64, device=None,
-              pad_step: float = 1e-3) -> Batch:
+    def batch(self, subject_indices=None, dtype: torch.dtype = torch.float64, device=None, pad_step: float = 1e-3) -> Batch:
         """Pad subjects into solver-ready tensors.
 
         Per subject ``b`` the time grid is its observation times, preceded by its start time
@@ -367,6 +366,7 @@ class LongitudinalDataset:
 
 # ---------------------------------------------------------------------- bundled data
 
+
 def _float(x: str) -> float:
     x = x.strip()
     return math.nan if x in ("", "NA", "NaN", "nan") else float(x)
@@ -420,17 +420,23 @@ def load_theoph(units: str = "per_kg") -> LongitudinalDataset:
         wt = _float(c["Wt"][rows[0]])
         dose = _float(c["Dose"][rows[0]])
         amount = dose if units == "per_kg" else dose * wt
-        subjects.append(Subject(
-            id=sid,
-            times=np.array([_float(c["Time"][r]) for r in rows]),
-            obs=np.array([[_float(c["conc"][r])] for r in rows]),
-            dose_times=np.array([0.0]), dose_amounts=np.array([amount]), dose_states=np.array([0]),
-            covariates={"Wt": wt, "Dose": dose},
-        ))
-    scale = ("conc (mg/L) = central / V; states in mg/kg body weight, V in L/kg" if units == "per_kg"
-             else "conc (mg/L) = central / V; states in mg, V in L")
-    return LongitudinalDataset(subjects, ["depot", "central"], ["central"], obs_scale=scale,
-                               name=f"theoph ({units})")
+        subjects.append(
+            Subject(
+                id=sid,
+                times=np.array([_float(c["Time"][r]) for r in rows]),
+                obs=np.array([[_float(c["conc"][r])] for r in rows]),
+                dose_times=np.array([0.0]),
+                dose_amounts=np.array([amount]),
+                dose_states=np.array([0]),
+                covariates={"Wt": wt, "Dose": dose},
+            )
+        )
+    scale = (
+        "conc (mg/L) = central / V; states in mg/kg body weight, V in L/kg"
+        if units == "per_kg"
+        else "conc (mg/L) = central / V; states in mg, V in L"
+    )
+    return LongitudinalDataset(subjects, ["depot", "central"], ["central"], obs_scale=scale, name=f"theoph ({units})")
 
 
 def load_indometh(dose_mg: float = 25.0) -> LongitudinalDataset:
@@ -451,13 +457,24 @@ def load_indometh(dose_mg: float = 25.0) -> LongitudinalDataset:
     if not (math.isfinite(dose_mg) and dose_mg > 0):
         raise ValueError(f"dose_mg must be positive, got {dose_mg}")
     c = read_csv("indometh.csv")
-    subjects = [Subject(id=sid, times=np.array([_float(c["time"][r]) for r in rows]),
-                        obs=np.array([[_float(c["conc"][r])] for r in rows]),
-                        dose_times=np.array([0.0]), dose_amounts=np.array([dose_mg]), dose_states=np.array([0]))
-                for sid, rows in _group(c["Subject"]).items()]
-    return LongitudinalDataset(subjects, ["central", "peripheral"], ["central"],
-                               obs_scale="conc (mcg/mL = mg/L) = central / V; states in mg, V in L",
-                               name="indometh")
+    subjects = [
+        Subject(
+            id=sid,
+            times=np.array([_float(c["time"][r]) for r in rows]),
+            obs=np.array([[_float(c["conc"][r])] for r in rows]),
+            dose_times=np.array([0.0]),
+            dose_amounts=np.array([dose_mg]),
+            dose_states=np.array([0]),
+        )
+        for sid, rows in _group(c["Subject"]).items()
+    ]
+    return LongitudinalDataset(
+        subjects,
+        ["central", "peripheral"],
+        ["central"],
+        obs_scale="conc (mcg/mL = mg/L) = central / V; states in mg, V in L",
+        name="indometh",
+    )
 
 
 def load_phenobarb() -> LongitudinalDataset:
@@ -478,16 +495,17 @@ def load_phenobarb() -> LongitudinalDataset:
     for sid, rows in _group(c["Subject"]).items():
         dose_rows = [r for r in rows if not math.isnan(_float(c["dose"][r]))]
         obs_rows = [r for r in rows if not math.isnan(_float(c["conc"][r]))]
-        subjects.append(Subject(
-            id=sid,
-            times=np.array([_float(c["time"][r]) for r in obs_rows]),
-            obs=np.array([_float(c["conc"][r]) for r in obs_rows]).reshape(-1, 1),
-            dose_times=np.array([_float(c["time"][r]) for r in dose_rows]),
-            dose_amounts=np.array([_float(c["dose"][r]) for r in dose_rows]),
-            dose_states=np.array([0] * len(dose_rows)),
-            covariates={"Wt": _float(c["Wt"][rows[0]]), "Apgar": int(c["Apgar"][rows[0]]),
-                        "ApgarInd": c["ApgarInd"][rows[0]]},
-        ))
-    return LongitudinalDataset(subjects, ["central"], ["central"],
-                               obs_scale="conc = central / V; states in dose units per kg, V in L/kg",
-                               name="phenobarb")
+        subjects.append(
+            Subject(
+                id=sid,
+                times=np.array([_float(c["time"][r]) for r in obs_rows]),
+                obs=np.array([_float(c["conc"][r]) for r in obs_rows]).reshape(-1, 1),
+                dose_times=np.array([_float(c["time"][r]) for r in dose_rows]),
+                dose_amounts=np.array([_float(c["dose"][r]) for r in dose_rows]),
+                dose_states=np.array([0] * len(dose_rows)),
+                covariates={"Wt": _float(c["Wt"][rows[0]]), "Apgar": int(c["Apgar"][rows[0]]), "ApgarInd": c["ApgarInd"][rows[0]]},
+            )
+        )
+    return LongitudinalDataset(
+        subjects, ["central"], ["central"], obs_scale="conc = central / V; states in dose units per kg, V in L/kg", name="phenobarb"
+    )

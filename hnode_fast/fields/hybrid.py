@@ -1,4 +1,5 @@
 """HybridField: ``dz/dt = mech(z, u) + nn(x)``, ``x = z`` or ``x = [z, u]``."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -27,8 +28,13 @@ class HybridField(nn.Module):
     with :meth:`set_inputs` for use under another solver.
     """
 
-    def __init__(self, mech: Optional[MechanisticGraph] = None, nn: Optional[MaskedMLP] = None,
-                 n_states: Optional[int] = None, n_inputs: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        mech: Optional[MechanisticGraph] = None,
+        nn: Optional[MaskedMLP] = None,
+        n_states: Optional[int] = None,
+        n_inputs: Optional[int] = None,
+    ) -> None:
         super().__init__()
         if mech is not None and not isinstance(mech, MechanisticGraph):
             raise ValueError(f"mech must be a hf.MechanisticGraph, got {type(mech).__name__}")
@@ -69,8 +75,7 @@ class HybridField(nn.Module):
     # signature and result: the public API compiles the field to a FieldSpec.
     def compile(self, csr_threshold: float = 0.25) -> FieldSpec:  # type: ignore[override]
         """Flatten to a :class:`FieldSpec` (differentiable w.r.t. the parameters)."""
-        return compile_field(self.mech, self.nn, self.n_states, self.n_inputs, self.nn_uses_inputs,
-                             csr_threshold=csr_threshold)
+        return compile_field(self.mech, self.nn, self.n_states, self.n_inputs, self.nn_uses_inputs, csr_threshold=csr_threshold)
 
     def eval_u(self, z: torch.Tensor, u: Optional[torch.Tensor]) -> torch.Tensor:
         """``(B, D)`` states and ``(B, K)`` inputs (or ``None`` if ``K = 0``) -> ``(B, D)``."""

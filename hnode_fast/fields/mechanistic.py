@@ -26,6 +26,7 @@ code  term                                        flux ``f``
 regulator. Parameters are stored raw (``param="raw"``) or as logs (``param="log"``: the
 effective value is ``exp`` of the stored one, which keeps rates positive).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -308,7 +309,7 @@ class MechanisticGraph(nn.Module):
         for j, term in enumerate(self.terms):
             if not bool(self.term_mask[j]):
                 continue
-            p = list(eff[self.param_offsets[j]:self.param_offsets[j + 1]].to(z.dtype))
+            p = list(eff[self.param_offsets[j] : self.param_offsets[j + 1]].to(z.dtype))
             p[0] = p[0] * g[j]
             src = term.sources()
             za = z[:, src[0]] if src else None

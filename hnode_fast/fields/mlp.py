@@ -9,6 +9,7 @@ Math (layer ``l`` of ``L``, ``x_0`` the input features)::
 unit* of layer ``l`` (shape ``(in_l,)``, broadcast over rows). Masked entries get zero gradient
 because only ``W * M`` enters the computation.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,6 +35,7 @@ L0_EPS = 1e-6
 
 
 if TYPE_CHECKING:
+
     class _LinearList(nn.ModuleList):
         """Typing-only view of ``MaskedMLP.layers``: an ``nn.ModuleList`` holding ``nn.Linear``."""
 
@@ -117,9 +119,7 @@ class MaskedMLP(nn.Module):
         self.act_code = ACTIVATIONS[activation]
         self.gates = gates
         sizes = (self.in_dim,) + hidden + (self.out_dim,)
-        self.layers = _LinearList(
-            nn.Linear(sizes[i], sizes[i + 1], bias=bias) for i in range(len(sizes) - 1)
-        )
+        self.layers = _LinearList(nn.Linear(sizes[i], sizes[i + 1], bias=bias) for i in range(len(sizes) - 1))
         for i, layer in enumerate(self.layers):
             self.register_buffer(f"mask_{i}", torch.ones_like(layer.weight, dtype=torch.bool))
         self._noise: Optional[List[torch.Tensor]] = None

@@ -30,6 +30,7 @@ Compaction: hidden units whose every unmasked input is a constant unit are const
 input features nobody reads are dropped. Layers with density below ``csr_threshold`` use CSR.
 The result equals the masked network exactly (in exact arithmetic).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -86,26 +87,26 @@ class FieldSpec:
 
     def layer_rows(self) -> torch.Tensor:
         L = self.n_layers
-        return self.ints[HEADER:HEADER + LAYER_COLS * L].view(L, LAYER_COLS)
+        return self.ints[HEADER : HEADER + LAYER_COLS * L].view(L, LAYER_COLS)
 
     def term_rows(self) -> torch.Tensor:
         a = HEADER + LAYER_COLS * self.n_layers
-        return self.ints[a:a + TERM_COLS * self.n_terms].view(self.n_terms, TERM_COLS)
+        return self.ints[a : a + TERM_COLS * self.n_terms].view(self.n_terms, TERM_COLS)
 
     def in_idx(self) -> torch.Tensor:
         a = HEADER + LAYER_COLS * self.n_layers + TERM_COLS * self.n_terms
-        return self.ints[a:a + self._h(7)]
+        return self.ints[a : a + self._h(7)]
 
     def out_idx(self) -> torch.Tensor:
         a = HEADER + LAYER_COLS * self.n_layers + TERM_COLS * self.n_terms + self._h(7)
-        return self.ints[a:a + self._h(8)]
+        return self.ints[a : a + self._h(8)]
 
     def n_weights(self) -> int:
         """Stored network weights (dense entries or CSR non-zeros) after compaction."""
         n = 0
         for row in self.layer_rows().tolist():
             n_in, n_out, fmt, w_off, b_off = row[:5]
-            n += (b_off - w_off)
+            n += b_off - w_off
         return n
 
     def to(self, dtype: Optional[torch.dtype] = None, device=None) -> "FieldSpec":
@@ -184,8 +185,15 @@ class SpecStructure:
         return self.header[10]
 
 
-def spec_structure(mech, mlp: Optional[MaskedMLP], n_states: int, n_inputs: int, nn_uses_inputs: bool,
-                   csr_threshold: float = 0.25, gates: Optional[List[Optional[torch.Tensor]]] = None) -> SpecStructure:
+def spec_structure(
+    mech,
+    mlp: Optional[MaskedMLP],
+    n_states: int,
+    n_inputs: int,
+    nn_uses_inputs: bool,
+    csr_threshold: float = 0.25,
+    gates: Optional[List[Optional[torch.Tensor]]] = None,
+) -> SpecStructure:
     """The :class:`SpecStructure` of ``mech + mlp`` (either may be ``None``).
 
     ``gates``: the L0 gate values (one per layer or ``None``); gates that are exactly 0 remove
@@ -293,21 +301,30 @@ def spec_structure(mech, mlp: Optional[MaskedMLP], n_states: int, n_inputs: int,
     T = len(term_rows)
     base = HEADER + LAYER_COLS * L + TERM_COLS * T + len(in_idx) + len(out_idx)
     csr_flat: List[int] = []
-    for (li, row_ptr, cols_l) in csr_parts:
+    for li, row_ptr, cols_l in csr_parts:
         layer_rows[li][6] = base + len(csr_flat)
         csr_flat.extend(row_ptr)
         layer_rows[li][7] = base + len(csr_flat)
         csr_flat.extend(cols_l)
-    header = [1, D, K, n_feat, L, T, const_off, len(in_idx), len(out_idx), max_width, n_params,
-              int(round(csr_threshold * 1000))]
+    header = [1, D, K, n_feat, L, T, const_off, len(in_idx), len(out_idx), max_width, n_params, int(round(csr_threshold * 1000))]
     flat = header + [v for r in layer_rows for v in r] + [v for r in term_rows for v in r] + in_idx + out_idx + csr_flat
-    return SpecStructure(ints=torch.tensor(flat, dtype=torch.int32), header=tuple(header), dtype=dtype, device=device,
-                         n_states=D, layers=plans, emit_layers=emit, out_const_idx=out_const_idx,
-                         term_first=term_first, term_of=term_of, term_sel=term_sel, mask_refs=mask_refs)
+    return SpecStructure(
+        ints=torch.tensor(flat, dtype=torch.int32),
+        header=tuple(header),
+        dtype=dtype,
+        device=device,
+        n_states=D,
+        layers=plans,
+        emit_layers=emit,
+        out_const_idx=out_const_idx,
+        term_first=term_first,
+        term_of=term_of,
+        term_sel=term_sel,
+        mask_refs=mask_refs,
+    )
 
 
-def gather_params(st: SpecStructure, mech, mlp: Optional[MaskedMLP],
-                  gates: Optional[List[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+def gather_params(st: SpecStructure, mech, mlp: Optional[MaskedMLP], gates: Optional[List[Optional[torch.Tensor]]] = None) -> torch.Tensor:
     """The ``(P,)`` parameter vector of structure ``st`` from the module's current values
     (differentiable; static shapes and no data-dependent control flow, so it traces under
     ``torch.compile``). ``gates``: the L0 gate values if already computed."""
@@ -353,8 +370,9 @@ def structure_matches(st: SpecStructure, mech, mlp: Optional[MaskedMLP]) -> torc
     return torch.stack(oks).all() if oks else torch.ones((), dtype=torch.bool)
 
 
-def compile_field(mech, mlp: Optional[MaskedMLP], n_states: int, n_inputs: int,
-                  nn_uses_inputs: bool, csr_threshold: float = 0.25) -> FieldSpec:
+def compile_field(
+    mech, mlp: Optional[MaskedMLP], n_states: int, n_inputs: int, nn_uses_inputs: bool, csr_threshold: float = 0.25
+) -> FieldSpec:
     """Build the :class:`FieldSpec` of ``mech + mlp`` (either may be ``None``):
     :func:`spec_structure` (with the L0 gates' zero pattern) then :func:`gather_params`."""
     gates = [mlp.gate_values(i) for i in range(mlp.n_layers)] if mlp is not None else None

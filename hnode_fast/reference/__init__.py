@@ -2,6 +2,7 @@
 
 This is the oracle every kernel is tested against; it favours clarity over speed.
 """
+
 from . import dopri5
 from .engine import Stats, integrate
 from .spec_eval import eval_spec

@@ -12,6 +12,7 @@ left out of the error norm). At every earlier output time ``a += dL/dy(t_j)``; a
 tolerance: it is NOT the exact gradient of the computed forward solution (use
 ``adjoint="discrete"`` for that). Dose amounts get no gradient here.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -27,8 +28,9 @@ class BacksolveFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prob, y0, *params):
         with torch.no_grad():
-            out, yT, stats = integrate(prob.fun, y0, prob.out_t, prob.rtol, prob.atol, prob.step_mode,
-                                       prob.max_steps, prob.stops, prob.jump)
+            out, yT, stats = integrate(
+                prob.fun, y0, prob.out_t, prob.rtol, prob.atol, prob.step_mode, prob.max_steps, prob.stops, prob.jump
+            )
         prob.stats = stats
         ctx.prob = prob
         ctx.save_for_backward(yT)
@@ -98,10 +100,12 @@ class BacksolveFunction(torch.autograd.Function):
         Z0 = torch.cat([yT, grad_out[-1]], dim=1)
         tau_grid = torch.stack([-out_t[:, -1], -out_t[:, 0]], dim=1)
         with torch.no_grad():
-            zout, _, st = integrate(aug, Z0, tau_grid, prob.rtol, prob.atol, prob.step_mode, prob.max_steps,
-                                    stops, jump, on_accept)
+            zout, _, st = integrate(aug, Z0, tau_grid, prob.rtol, prob.atol, prob.step_mode, prob.max_steps, stops, jump, on_accept)
         if bool((st.status != 0).any()):
-            warnings.warn("backsolve adjoint: the backward solve failed for some trajectories "
-                          f"(status {st.status.tolist()}); their gradients are NaN", RuntimeWarning)
+            warnings.warn(
+                "backsolve adjoint: the backward solve failed for some trajectories "
+                f"(status {st.status.tolist()}); their gradients are NaN",
+                RuntimeWarning,
+            )
         grad_y0 = zout[-1][:, D:] + grad_out[0]
         return (None, grad_y0) + tuple(g_acc)

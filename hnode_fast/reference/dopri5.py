@@ -4,6 +4,7 @@ Shapes: ``y`` is ``(B, N)``; times and step sizes are float64 ``(B,)`` tensors; 
 ``(B, N) -> (B,)`` (per-trajectory RMS, or the batch RMS broadcast in ``step_mode="shared"``).
 Step-size decisions are computed on detached values: they are constants for differentiation.
 """
+
 from __future__ import annotations
 
 from fractions import Fraction as F
@@ -106,8 +107,11 @@ def initial_step(fun, t, y, f0, span, rtol, atol, norm, t_seg):
         f1 = fun(t + h0, y1, t_seg).detach()
         d2 = (norm((f1 - f0) / scale).to(torch.float64)) / h0
         tiny = (d1 <= 1e-15) & (d2 <= 1e-15)
-        h1 = torch.where(tiny, torch.clamp(h0 * 1e-3, min=1e-6),
-                         (0.01 / torch.clamp(torch.maximum(d1, d2), min=1e-300)) ** (1.0 / (ERROR_ESTIMATOR_ORDER + 1)))
+        h1 = torch.where(
+            tiny,
+            torch.clamp(h0 * 1e-3, min=1e-6),
+            (0.01 / torch.clamp(torch.maximum(d1, d2), min=1e-300)) ** (1.0 / (ERROR_ESTIMATOR_ORDER + 1)),
+        )
         return torch.minimum(torch.minimum(100 * h0, h1), span)
 
 
@@ -118,7 +122,7 @@ def dense_output(K, y_old, h, x):
     ``(M, N)``, ``h`` and ``x = (t - t_old) / h`` float64 ``(M,)``.
     """
     dtype = y_old.dtype
-    xp = torch.stack([x, x * x, x ** 3, x ** 4], dim=1).to(dtype)  # (M, 4)
+    xp = torch.stack([x, x * x, x**3, x**4], dim=1).to(dtype)  # (M, 4)
     acc = None
     for j in range(7):
         coef = xp @ torch.tensor(P[j], dtype=dtype, device=xp.device)  # (M,)

@@ -5,6 +5,7 @@ evaluates the whole batch (finished rows are carried along and frozen) and syncs
 Gradients flow through the stages and dense output by autograd (the discrete adjoint of the
 reference); step sizes, times and accept/reject decisions are detached constants.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,9 +38,12 @@ class Stats:
         def s(x):
             x = x.double()
             return f"mean {x.mean().item():.1f} max {int(x.max().item())}" if x.numel() else "-"
+
         ok = int((self.status == 0).sum()) if self.status.numel() else 0
-        return (f"Stats(B={self.status.numel()}, steps {s(self.n_steps)}, rejected {s(self.n_rejected)}, "
-                f"nfe {s(self.nfe)}, ok {ok}/{self.status.numel()})")
+        return (
+            f"Stats(B={self.status.numel()}, steps {s(self.n_steps)}, rejected {s(self.n_rejected)}, "
+            f"nfe {s(self.nfe)}, ok {ok}/{self.status.numel()})"
+        )
 
 
 def integrate(
@@ -149,6 +153,7 @@ def integrate(
         h = torch.where(active, t_new - t, torch.zeros_like(t))
         y_new, K, Ys = dp.rk_step(fun, t, y, f, h, t)
         if shared:  # RMS over the rows still integrating, one value for all
+
             def err_norm(x):
                 return dp.rms_shared(x[active])[0].expand(B)
         else:
@@ -159,11 +164,13 @@ def integrate(
         accept = active & finite & (err < 1)
         reject = active & ~accept
         safe_err = torch.where(finite & (err > 0), err, torch.ones_like(err))
-        grow = torch.where(err == 0, torch.full_like(err, dp.MAX_FACTOR),
-                           torch.clamp(dp.SAFETY * safe_err ** dp.ERROR_EXPONENT, max=dp.MAX_FACTOR))
+        grow = torch.where(
+            err == 0, torch.full_like(err, dp.MAX_FACTOR), torch.clamp(dp.SAFETY * safe_err**dp.ERROR_EXPONENT, max=dp.MAX_FACTOR)
+        )
         grow = torch.where(rejected, torch.clamp(grow, max=1.0), grow)
-        shrink = torch.where(finite, torch.clamp(dp.SAFETY * safe_err ** dp.ERROR_EXPONENT, min=dp.MIN_FACTOR),
-                             torch.full_like(err, dp.MIN_FACTOR))
+        shrink = torch.where(
+            finite, torch.clamp(dp.SAFETY * safe_err**dp.ERROR_EXPONENT, min=dp.MIN_FACTOR), torch.full_like(err, dp.MIN_FACTOR)
+        )
         habs_step = h.abs()
         h_abs = torch.where(accept, habs_step * grow, torch.where(reject, habs_step * shrink, h_abs))
         bad_streak = torch.where(active & ~finite, bad_streak + 1, torch.where(active, 0, bad_streak))

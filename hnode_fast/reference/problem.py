@@ -1,4 +1,5 @@
 """Turn (func, y0, t, events, inputs) into the engine's ``fun``, stops and jump."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -8,8 +9,7 @@ import torch
 from ..events import Events, Inputs
 
 
-def make_fun(func, field_like: bool, inputs: Optional[Inputs], squeeze: bool, shared: bool, dtype,
-             left: bool = False):
+def make_fun(func, field_like: bool, inputs: Optional[Inputs], squeeze: bool, shared: bool, dtype, left: bool = False):
     """Engine callback ``(t (B,) f64, y (B, N), t_seg (B,) f64) -> (B, N)`` in forward time.
 
     HybridFields get ``u`` looked up at the step start ``t_seg`` (``left=True``: the left limit,
@@ -18,9 +18,11 @@ def make_fun(func, field_like: bool, inputs: Optional[Inputs], squeeze: bool, sh
     ``"shared"`` mode or for a single ``(D,)`` trajectory (torchdiffeq's), and ``y`` as given.
     """
     if field_like:
+
         def field_fun(t, y, t_seg):
             u = inputs.at(t_seg, left=left).to(y.dtype) if inputs is not None else None
             return func.eval_u(y, u)
+
         return field_fun
 
     def fun(t, y, t_seg):
@@ -29,6 +31,7 @@ def make_fun(func, field_like: bool, inputs: Optional[Inputs], squeeze: bool, sh
             return out.reshape(1, -1)
         tt = t[0].to(dtype) if shared else t.to(dtype)
         return func(tt, y)
+
     return fun
 
 

@@ -1,4 +1,5 @@
 """Evaluate a :class:`~hnode_fast.fields.spec.FieldSpec` with torch ops (the kernels' oracle)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -10,8 +11,7 @@ from ..fields.mlp import apply_activation
 from ..fields.spec import FMT_CSR, FieldSpec
 
 
-def eval_spec(spec: FieldSpec, z: torch.Tensor, u: Optional[torch.Tensor] = None,
-              params: Optional[torch.Tensor] = None) -> torch.Tensor:
+def eval_spec(spec: FieldSpec, z: torch.Tensor, u: Optional[torch.Tensor] = None, params: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``dz/dt`` from the flat spec: ``z (B, D)``, ``u (B, K)`` -> ``(B, D)``.
 
     ``params`` overrides ``spec.params`` (e.g. a leaf for gradient tests).
@@ -23,7 +23,7 @@ def eval_spec(spec: FieldSpec, z: torch.Tensor, u: Optional[torch.Tensor] = None
     K = spec.n_inputs
     if u is None:
         u = z.new_zeros(B, K)  # (B, 0) without inputs
-    out = p[spec.const_off:spec.const_off + D].expand(B, D)
+    out = p[spec.const_off : spec.const_off + D].expand(B, D)
     L = spec.n_layers
     if L > 0:
         x = torch.cat([z, u.to(z.dtype)], dim=1) if spec.n_feat > D else z
@@ -31,15 +31,17 @@ def eval_spec(spec: FieldSpec, z: torch.Tensor, u: Optional[torch.Tensor] = None
         for row in spec.layer_rows().tolist():
             n_in, n_out, fmt, w_off, b_off, act, ptr_off, col_off = row
             if fmt == FMT_CSR:
-                row_ptr = ints[ptr_off:ptr_off + n_out + 1]
+                row_ptr = ints[ptr_off : ptr_off + n_out + 1]
                 nnz = row_ptr[-1]
-                cols = torch.tensor(ints[col_off:col_off + nnz], dtype=torch.long, device=z.device)
-                rows = torch.repeat_interleave(torch.arange(n_out, device=z.device),
-                                               torch.tensor(row_ptr[1:], device=z.device) - torch.tensor(row_ptr[:-1], device=z.device))
-                W = torch.zeros(n_out, n_in, dtype=z.dtype, device=z.device).index_put((rows, cols), p[w_off:w_off + nnz])
+                cols = torch.tensor(ints[col_off : col_off + nnz], dtype=torch.long, device=z.device)
+                rows = torch.repeat_interleave(
+                    torch.arange(n_out, device=z.device),
+                    torch.tensor(row_ptr[1:], device=z.device) - torch.tensor(row_ptr[:-1], device=z.device),
+                )
+                W = torch.zeros(n_out, n_in, dtype=z.dtype, device=z.device).index_put((rows, cols), p[w_off : w_off + nnz])
             else:
-                W = p[w_off:w_off + n_out * n_in].view(n_out, n_in)
-            h = apply_activation(h @ W.T + p[b_off:b_off + n_out], act)
+                W = p[w_off : w_off + n_out * n_in].view(n_out, n_in)
+            h = apply_activation(h @ W.T + p[b_off : b_off + n_out], act)
         out = out.index_add(1, spec.out_idx().long().to(z.device), h)
     if spec.n_terms > 0:
         nparams = {0: 1, 1: 1, 2: 1, 3: 2, 4: 3, 5: 1}

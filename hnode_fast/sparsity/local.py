@@ -8,6 +8,7 @@ solver). ``k_1`` is detached too: gradients reach the parameters through ``k_2 .
 Optional stiffness term ``rho = ||k_7 - k_6|| / ||y_1 - g_6|| / 3.3066`` (``g_6`` the 6th stage's
 argument; 0 where the denominator is 0).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -20,8 +21,16 @@ from ..reference.engine import Stats
 DP5_STABILITY_SIZE = 3.3066
 
 
-def local_error(field, y: torch.Tensor, t: torch.Tensor, rtol: float = 1e-6, atol: float = 1e-8,
-                stiffness: bool = False, inputs=None, return_parts: bool = False):
+def local_error(
+    field,
+    y: torch.Tensor,
+    t: torch.Tensor,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    stiffness: bool = False,
+    inputs=None,
+    return_parts: bool = False,
+):
     """``mean_b(E_est_b * h_b)`` (``+ mean_b(rho_b * h_b)`` with ``stiffness``).
 
     Args:
@@ -36,13 +45,17 @@ def local_error(field, y: torch.Tensor, t: torch.Tensor, rtol: float = 1e-6, ato
     B = y.shape[0]
     tt = torch.as_tensor(t, dtype=torch.float64, device=y.device).reshape(-1).expand(B).contiguous()
     from ..fields.hybrid import HybridField
+
     if isinstance(field, HybridField):
+
         def fun(ts, ys, tseg):
             u = inputs.at(tseg).to(ys.dtype) if inputs is not None else None
             return field.eval_u(ys, u)
     else:
+
         def fun(ts, ys, tseg):
             return field(ts.to(ys.dtype), ys)
+
     with torch.no_grad():
         f0 = fun(tt, y, tt)
         h = dp.initial_step(fun, tt, y, f0, torch.full_like(tt, float("inf")), rtol, atol, dp.rms_rows, tt)
@@ -53,7 +66,7 @@ def local_error(field, y: torch.Tensor, t: torch.Tensor, rtol: float = 1e-6, ato
         if dp.E[j] != 0.0:
             err = err + K[j] * dp.E[j]
     err = err * hd
-    scale = (atol + torch.maximum(y.abs(), y1.detach().abs()) * rtol)
+    scale = atol + torch.maximum(y.abs(), y1.detach().abs()) * rtol
     E = dp.rms_rows(err / scale)
     rho = None
     if stiffness:
@@ -70,8 +83,9 @@ def local_error(field, y: torch.Tensor, t: torch.Tensor, rtol: float = 1e-6, ato
     return out
 
 
-def sample_t_reg(out_t: torch.Tensor, generator: Optional[torch.Generator] = None, mode: str = "uniform",
-                 stats: Optional[Stats] = None) -> torch.Tensor:
+def sample_t_reg(
+    out_t: torch.Tensor, generator: Optional[torch.Generator] = None, mode: str = "uniform", stats: Optional[Stats] = None
+) -> torch.Tensor:
     """Sample one ``t_reg`` per trajectory: ``(B,)`` float64.
 
     ``mode="uniform"``: ``U(t0, t1)`` of each trajectory's span (unbiased). ``mode="steps"``: one

@@ -1,4 +1,5 @@
 """Pruning: turn small weights and edges into masks (the FieldSpec then compacts them away)."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ Weight sparsity (Aliee et al. 2022): :func:`l1`, L0 gates (``MaskedMLP(gates="l0
 :func:`cnode_path_l1`. HGS (Zou & Tian 2025): :func:`edge_l1` on edge weights with :func:`l2`
 on network weights. :func:`input_dependencies` is the object users inspect.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -25,8 +26,7 @@ def _mlp(field) -> Optional[MaskedMLP]:
 
 def _zero(field) -> torch.Tensor:
     p = next(iter(field.parameters()), None)
-    return torch.zeros((), dtype=p.dtype if p is not None else torch.get_default_dtype(),
-                       device=p.device if p is not None else None)
+    return torch.zeros((), dtype=p.dtype if p is not None else torch.get_default_dtype(), device=p.device if p is not None else None)
 
 
 def l1(field) -> torch.Tensor:

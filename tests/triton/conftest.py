@@ -6,6 +6,7 @@ Run them in their own invocation (the interpreter must be enabled before triton 
 
 Without the variable and without a GPU every test here is skipped with a reason.
 """
+
 import importlib.util
 import os
 
@@ -39,6 +40,7 @@ def device():
 @pytest.fixture
 def tseed():
     import random
+
     s = int(os.environ.get("HNODE_TEST_SEED", random.randrange(2**31)))
     torch.manual_seed(s)
     print(f"HNODE_TEST_SEED={s}")

@@ -13,6 +13,7 @@ Fields are smooth (Hill exponents 2 and 3, tanh/silu networks): with exponent 1.
 is not Lipschitz where a state crosses 0, and continuous-adjoint comparisons would measure that
 singularity rather than the code.
 """
+
 import warnings
 
 import pytest
@@ -24,8 +25,7 @@ import hnode_fast as hf
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
 
-def smooth_field(D=3, hidden=(6,), activation="tanh", n_inputs=0, nn_inputs=False, mech=True, dtype=f64, scale=0.5,
-                 all_kinds=True):
+def smooth_field(D=3, hidden=(6,), activation="tanh", n_inputs=0, nn_inputs=False, mech=True, dtype=f64, scale=0.5, all_kinds=True):
     """tests/conftest.py's random_field(..., hill_n=SMOOTH_HILL) (not importable from here);
     ``all_kinds=False`` keeps fewer terms (the interpreter loops over terms: time)."""
     terms = []
@@ -102,10 +102,12 @@ def test_events_inputs(device, tseed):
     B, D = 3, 2
     f = smooth_field(D=D, hidden=(5,), n_inputs=1, nn_inputs=True, all_kinds=False)
     inf = float("inf")
-    ev = hf.Events(times=torch.tensor([[0.0, 0.3, 0.3], [0.15, inf, inf], [0.5, inf, inf]], dtype=f64),
-                   states=torch.tensor([[0, 1, 1], [1, 0, 0], [0, 0, 0]]), amounts=torch.rand(B, 3, dtype=f64))
-    inp = hf.Inputs(times=torch.tensor([[-1.0, 0.2], [0.0, 0.3], [0.1, inf]], dtype=f64),
-                    values=torch.randn(B, 2, 1, dtype=f64))
+    ev = hf.Events(
+        times=torch.tensor([[0.0, 0.3, 0.3], [0.15, inf, inf], [0.5, inf, inf]], dtype=f64),
+        states=torch.tensor([[0, 1, 1], [1, 0, 0], [0, 0, 0]]),
+        amounts=torch.rand(B, 3, dtype=f64),
+    )
+    inp = hf.Inputs(times=torch.tensor([[-1.0, 0.2], [0.0, 0.3], [0.1, inf]], dtype=f64), values=torch.randn(B, 2, 1, dtype=f64))
     t = torch.tensor([[0.0, 0.3, 0.35], [0.0, 0.2, 0.35], [0.0, 0.1, 0.35]], dtype=f64)
     y0 = torch.rand(B, D, dtype=f64) + 0.1
     w = torch.randn(3, B, D, dtype=f64)
@@ -143,8 +145,7 @@ def test_float32(device, tseed):
 def test_single_output_and_stats(device):
     f = smooth_field(D=2, hidden=(4,)).to(device)
     y0 = torch.rand(2, 2, dtype=f64, device=device, requires_grad=True)
-    y, st = hf.odeint(f, y0, torch.tensor([0.5], dtype=f64, device=device), backend="triton", adjoint="backsolve",
-                      return_stats=True)
+    y, st = hf.odeint(f, y0, torch.tensor([0.5], dtype=f64, device=device), backend="triton", adjoint="backsolve", return_stats=True)
     (g,) = torch.autograd.grad((y * 3).sum(), y0)
     assert (g == 3).all()
     assert (st.status == 0).all() and (st.n_steps == 0).all()
@@ -171,5 +172,11 @@ def test_dose_amount_gradient_raises(device):
     f = smooth_field(D=2, hidden=(4,)).to(device)
     ev = hf.Events(times=[[0.2]] * 2, states=[[0]] * 2, amounts=torch.ones(2, 1, dtype=f64, requires_grad=True))
     with pytest.raises(NotImplementedError, match="backsolve"):
-        hf.odeint(f, torch.rand(2, 2, dtype=f64, device=device), torch.tensor([0.0, 0.5], dtype=f64, device=device),
-                  backend="triton", adjoint="backsolve", events=ev)
+        hf.odeint(
+            f,
+            torch.rand(2, 2, dtype=f64, device=device),
+            torch.tensor([0.0, 0.5], dtype=f64, device=device),
+            backend="triton",
+            adjoint="backsolve",
+            events=ev,
+        )

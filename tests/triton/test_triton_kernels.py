@@ -1,4 +1,5 @@
 """Field evaluation, VJP and fused DP5 step kernels against the reference (float64 ~1e-12)."""
+
 import pytest
 import torch
 from tt_helpers import f64, leaf_spec, make_field, ref_step
@@ -55,7 +56,7 @@ def test_dp_step_matches_reference(name, stiffness, device, tseed):
     f = make_field(**CONFIGS[name])
     spec = leaf_spec(f, device=device)
     B = 3 if not name.startswith("D1") else 1
-    y = (torch.rand(B, f.n_states, dtype=f64, device=device) + 0.1)
+    y = torch.rand(B, f.n_states, dtype=f64, device=device) + 0.1
     u = torch.rand(B, f.n_inputs, dtype=f64, device=device) if f.n_inputs else None
     h = torch.rand(B, dtype=f64, device=device) * 0.3 + 0.05
     rtol, atol = 1e-7, 1e-9
@@ -69,8 +70,7 @@ def test_dp_step_matches_reference(name, stiffness, device, tseed):
     en_engine = dp.error_norm(K, h, y, y1r, rtol, atol, dp.rms_rows)
     torch.testing.assert_close(en, en_engine, rtol=1e-8, atol=1e-12)
     assert torch.equal(acc, en_engine < 1)
-    fac = torch.where(en_engine < 1, torch.clamp(0.9 * en_engine ** -0.2, max=10.0),
-                      torch.clamp(0.9 * en_engine ** -0.2, min=0.2))
+    fac = torch.where(en_engine < 1, torch.clamp(0.9 * en_engine**-0.2, max=10.0), torch.clamp(0.9 * en_engine**-0.2, min=0.2))
     torch.testing.assert_close(hn, h * fac, rtol=1e-8, atol=0)
     if stiffness:
         num = torch.linalg.vector_norm(K[6] - K[5], dim=1)
@@ -117,6 +117,7 @@ def test_dp_step_detached_k1(device, tseed):
 
     def fun(tt, yy, ts):
         return eval_spec(spec, yy)
+
     y1r, K, _ = dp.rk_step(fun, t, y, f0, h, t)
     err = sum(K[j] * dp.E[j] for j in range(7) if dp.E[j] != 0.0) * h[:, None]
     enr = dp.rms_rows(err / (1e-8 + torch.maximum(y.abs(), y1r.abs()) * 1e-6))
@@ -135,18 +136,21 @@ def test_dp_step_gradcheck(device, tseed):
     def fn(y, f0):
         y1, k7, q, err, *_ = ops.dp_step_apply(plan, y, f0, None, h, 1e-3, 1e-3)
         return y1, k7, q, err
+
     assert torch.autograd.gradcheck(fn, (y, f0), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
 
 def test_no_eager_triton_import():
     import subprocess
     import sys
+
     code = "import sys, hnode_fast as hf; from hnode_fast import backends; assert 'triton' not in sys.modules, 'eager'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_custom_ops_opcheck_and_compile(device, tseed):
     from hnode_fast.backends.triton import library as lib
+
     f = make_field(D=2, hidden=(3,), n_inputs=1, nn_inputs=True)
     plan = ht.build_plan(f.compile(), f64, device)
     pt = [t.detach() for t in plan.tensors]
@@ -161,6 +165,7 @@ def test_custom_ops_opcheck_and_compile(device, tseed):
 
     def fn(z):
         return lib.triton_field_eval(z, u, pt, plan.tab, meta, False).sum()
+
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(z.detach()), fn(z.detach()))
 

@@ -1,4 +1,5 @@
 """backend="triton": whole solves and discrete-adjoint gradients against the reference."""
+
 import pytest
 import torch
 from tt_helpers import f64, make_field
@@ -29,8 +30,11 @@ def test_solve_events_inputs_per_trajectory_grid(device, tseed):
     B = 3
     y0 = torch.rand(B, 3, dtype=f64, device=device)
     t = torch.tensor([[0.0, 0.2, 0.6], [0.1, 0.5, 0.6], [0.0, 0.35, 0.5]], dtype=f64, device=device)
-    ev = hf.Events(times=torch.tensor([[0.3, float("inf")], [0.2, 0.4], [0.0, float("inf")]], dtype=f64),
-                   states=torch.tensor([[0, 0], [1, 2], [2, 0]]), amounts=torch.rand(B, 2, dtype=f64))
+    ev = hf.Events(
+        times=torch.tensor([[0.3, float("inf")], [0.2, 0.4], [0.0, float("inf")]], dtype=f64),
+        states=torch.tensor([[0, 0], [1, 2], [2, 0]]),
+        amounts=torch.rand(B, 2, dtype=f64),
+    )
     inp = hf.Inputs(times=torch.tensor([[0.0, 0.25]] * B, dtype=f64), values=torch.rand(B, 2, 1, dtype=f64))
     res = _solve_both(f, y0, t, events=ev, inputs=inp)
     _assert_same(res)
@@ -69,14 +73,13 @@ def test_discrete_adjoint_equals_reference_autograd(device, tseed):
     y0 = (torch.rand(3, 2, dtype=f64, device=device) + 0.1).requires_grad_(True)
     t = torch.tensor([0.0, 0.2, 0.4], dtype=f64, device=device)
     amounts = torch.rand(3, 1, dtype=f64, requires_grad=True)
-    ev = hf.Events(times=torch.tensor([[0.15]] * 3, dtype=f64), states=torch.zeros(3, 1, dtype=torch.long),
-                   amounts=amounts)
+    ev = hf.Events(times=torch.tensor([[0.15]] * 3, dtype=f64), states=torch.zeros(3, 1, dtype=torch.long), amounts=amounts)
     inp = hf.Inputs(times=torch.tensor([[0.0, 0.1]] * 3, dtype=f64), values=torch.rand(3, 2, 1, dtype=f64))
     params = [p for p in f.parameters() if p.requires_grad]
     grads = {}
     for be in ("reference", "triton"):
         y = hf.odeint(f, y0, t, backend=be, events=ev, inputs=inp, rtol=1e-5, atol=1e-7)
-        loss = (y ** 2).sum() + y[-1, :, 0].sum()
+        loss = (y**2).sum() + y[-1, :, 0].sum()
         grads[be] = torch.autograd.grad(loss, [y0, amounts] + params)
     for a, b in zip(grads["triton"], grads["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
@@ -99,6 +102,7 @@ def test_unsupported_options_raise(device, monkeypatch):
 def test_auto_never_picks_triton_on_cpu(monkeypatch):
     import hnode_fast.backends.triton as ht
     from hnode_fast import backends
+
     called = []
     monkeypatch.setitem(backends._BUILT, "triton", lambda prob: called.append(1))
     f = make_field(D=2, hidden=(3,))

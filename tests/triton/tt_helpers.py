@@ -1,5 +1,6 @@
 """Small random hybrid fields for the Triton tests (own copy: tests/conftest.py is not importable
 from here under pytest's conftest handling)."""
+
 import torch
 
 import hnode_fast as hf
@@ -10,8 +11,19 @@ from hnode_fast.reference.spec_eval import eval_spec
 f64 = torch.float64
 
 
-def make_field(D=3, hidden=(8,), activation="tanh", n_inputs=0, mech=True, nn=True, nn_inputs=False,
-               mask_density=None, dtype=f64, scale=0.5, full_terms=True):
+def make_field(
+    D=3,
+    hidden=(8,),
+    activation="tanh",
+    n_inputs=0,
+    mech=True,
+    nn=True,
+    nn_inputs=False,
+    mask_density=None,
+    dtype=f64,
+    scale=0.5,
+    full_terms=True,
+):
     terms = []
     if mech:
         for i in range(D):
@@ -46,8 +58,10 @@ def leaf_spec(field, dtype=f64, device="cpu"):
 
 def ref_step(spec, y, u, h, rtol, atol):
     """Reference DP5 step with a DIFFERENTIABLE error norm (the engine's is detached)."""
+
     def fun(t, yy, ts):
         return eval_spec(spec, yy, u)
+
     t = torch.zeros(y.shape[0], dtype=f64, device=y.device)
     f0 = fun(t, y, t)
     y1, K, Ys = dp.rk_step(fun, t, y, f0, h, t)

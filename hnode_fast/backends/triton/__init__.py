@@ -8,6 +8,7 @@ Public helpers:
     :func:`dp_step` — one fused DP5 step with error estimate (local regularizer hook),
     :func:`field_eval` — differentiable field evaluation, :func:`build_plan`, :func:`solve`.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,6 +24,7 @@ def has_triton() -> bool:
 def _as_spec(spec_or_field):
     from ...fields.hybrid import HybridField
     from ...fields.spec import FieldSpec
+
     if isinstance(spec_or_field, HybridField):
         return spec_or_field.compile()
     if isinstance(spec_or_field, FieldSpec):
@@ -34,13 +36,13 @@ def field_eval(spec_or_field, z, u=None, allow_tf32: bool = False):
     """``dz/dt`` of a field/spec for ``z (B, D)`` (``u (B, K)``) with the Triton kernels;
     differentiable w.r.t. ``z`` and ``spec.params`` (hence the module's parameters)."""
     from . import library as lib
+
     spec = _as_spec(spec_or_field)
     plan = build_plan(spec, z.dtype, z.device)
     return lib.triton_field_eval(z, u, plan.tensors, plan.tab, lib.plan_meta(plan), bool(allow_tf32))
 
 
-def dp_step(spec_or_field, y, t, h, rtol, atol, stiffness: bool = False, f0=None, u=None,
-            allow_tf32: bool = False):
+def dp_step(spec_or_field, y, t, h, rtol, atol, stiffness: bool = False, f0=None, u=None, allow_tf32: bool = False):
     """One fused Dormand–Prince 5(4) step per trajectory (Pal et al. 2023 local regularizer).
 
     Args:
@@ -63,6 +65,7 @@ def dp_step(spec_or_field, y, t, h, rtol, atol, stiffness: bool = False, f0=None
     import torch
 
     from . import library as lib
+
     spec = _as_spec(spec_or_field)
     plan = build_plan(spec, y.dtype, y.device)
     meta = lib.plan_meta(plan)
@@ -71,14 +74,16 @@ def dp_step(spec_or_field, y, t, h, rtol, atol, stiffness: bool = False, f0=None
     if f0 is None:
         f0 = lib.triton_field_eval(y, u, plan.tensors, plan.tab, meta, bool(allow_tf32))
     rejected = torch.zeros(B, dtype=torch.bool, device=y.device)
-    y1, k7, q, err, hn, acc, st = lib.triton_dp_step(y, f0, u, h, rejected, plan.tensors, plan.tab, meta,
-                                                     float(rtol), float(atol), bool(stiffness), bool(allow_tf32))
+    y1, k7, q, err, hn, acc, st = lib.triton_dp_step(
+        y, f0, u, h, rejected, plan.tensors, plan.tab, meta, float(rtol), float(atol), bool(stiffness), bool(allow_tf32)
+    )
     return (y1, err, hn, acc, st) if stiffness else (y1, err, hn, acc)
 
 
 def solve(prob):
     """``backend="triton"`` entry point (see :mod:`.solver`)."""
     from .solver import solve as _solve
+
     return _solve(prob)
 
 

@@ -5,6 +5,7 @@ shared-memory layouts) and reports the static shared memory of each kernel::
 
     python -m hnode_fast.backends.triton.aot [--arch 90] [--D 32] [--hidden 256 256] [--act silu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ def compile_kernel(fn, dtype: str, consts: dict, arch: int = 90, num_warps: int 
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+
     sig = {}
     for name in fn.arg_names:
         if name in consts:
@@ -42,17 +44,23 @@ def compile_kernel(fn, dtype: str, consts: dict, arch: int = 90, num_warps: int 
 
 def kernel_jobs(meta: dict, dtype: str, prec: str = "ieee"):
     from . import kernels as K
+
     base = dict(meta, PREC=prec)
-    return [(K._field_fwd_kernel, base), (K._field_bwd_kernel, base),
-            (K._dp_step_fwd_kernel, dict(base, STIFF=True)),
-            (K._dp_step_bwd_kernel, dict(base, HAS_GQ=True, HAS_GERR=True))]
+    return [
+        (K._field_fwd_kernel, base),
+        (K._field_bwd_kernel, base),
+        (K._dp_step_fwd_kernel, dict(base, STIFF=True)),
+        (K._dp_step_bwd_kernel, dict(base, HAS_GQ=True, HAS_GERR=True)),
+    ]
 
 
 def main(argv=None) -> int:
     import os
+
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("aot: unset TRITON_INTERPRET (the interpreter replaces the jit functions)")
     from .plan import pad_width
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--D", type=int, default=32)
@@ -70,8 +78,19 @@ def main(argv=None) -> int:
         raise SystemExit("at most 3 hidden layers")
     DP = pad_width(args.D)
     outs = (hid + [16, 16, 16])[:3]
-    meta = dict(NL=len(hid) + 1, DP=DP, KP=16, O0=outs[0], O1=outs[1], O2=outs[2], HAS_U=args.inputs, ACT=args.act,
-                KC=args.kchunk, SW=max([DP, 16] + hid), BM=args.block_m)
+    meta = dict(
+        NL=len(hid) + 1,
+        DP=DP,
+        KP=16,
+        O0=outs[0],
+        O1=outs[1],
+        O2=outs[2],
+        HAS_U=args.inputs,
+        ACT=args.act,
+        KC=args.kchunk,
+        SW=max([DP, 16] + hid),
+        BM=args.block_m,
+    )
     ok = True
     for fn, consts in kernel_jobs(meta, args.dtype, "tf32" if args.tf32 else "ieee"):
         if args.kernels != "all" and fn.fn.__name__ not in args.kernels.split(","):

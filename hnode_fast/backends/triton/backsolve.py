@@ -23,6 +23,7 @@ the plan-tensor gradients reach the module's parameters through ``build_plan``'s
 construction (the plan tensors are inputs of the autograd Function). Dose amounts get no
 gradient (like the reference).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,7 @@ class TritonBacksolveFunction(torch.autograd.Function):
     def forward(ctx, prob, plan, allow_tf32, sync_every, holder, y0, *tensors):
         fplan = dataclasses.replace(plan, tensors=[t.detach() for t in tensors])
         with torch.no_grad():
-            out, yT, stats = triton_integrate(dataclasses.replace(prob, y0=y0.detach()), fplan, allow_tf32,
-                                              sync_every)
+            out, yT, stats = triton_integrate(dataclasses.replace(prob, y0=y0.detach()), fplan, allow_tf32, sync_every)
         holder.append(stats)
         ctx.prob, ctx.plan, ctx.allow_tf32 = prob, fplan, allow_tf32
         ctx.save_for_backward(yT)
@@ -59,7 +59,7 @@ class TritonBacksolveFunction(torch.autograd.Function):
         (yT,) = ctx.saved_tensors
         prob, plan, allow_tf32 = ctx.prob, ctx.plan, ctx.allow_tf32
         n_t = len(plan.tensors)
-        want = [bool(x) for x in ctx.needs_input_grad[6:6 + n_t]]
+        want = [bool(x) for x in ctx.needs_input_grad[6 : 6 + n_t]]
         B, D = yT.shape
         dtype = yT.dtype
         out_t = prob.out_t
@@ -121,11 +121,13 @@ class TritonBacksolveFunction(torch.autograd.Function):
         Z0 = torch.cat([yT, grad_out[-1]], dim=1)
         tau_grid = torch.stack([-out_t[:, -1], -out_t[:, 0]], dim=1)
         with torch.no_grad():
-            zout, _, st = ref_integrate(aug, Z0, tau_grid, prob.rtol, prob.atol, "per_sample", prob.max_steps,
-                                        stops, jump, on_accept)
+            zout, _, st = ref_integrate(aug, Z0, tau_grid, prob.rtol, prob.atol, "per_sample", prob.max_steps, stops, jump, on_accept)
         if bool((st.status != 0).any()):
-            warnings.warn("backsolve adjoint: the backward solve failed for some trajectories "
-                          f"(status {st.status.tolist()}); their gradients are NaN", RuntimeWarning)
+            warnings.warn(
+                "backsolve adjoint: the backward solve failed for some trajectories "
+                f"(status {st.status.tolist()}); their gradients are NaN",
+                RuntimeWarning,
+            )
         grad_y0 = zout[-1][:, D:] + grad_out[0]
         grads = [g if w else None for g, w in zip(g_acc, want)]
         return (None,) * 5 + (grad_y0,) + tuple(grads)

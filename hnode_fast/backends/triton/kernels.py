@@ -6,6 +6,7 @@ loop over the term table (one-hot column gathers/scatters, ``tl.where`` per kind
 gradients are reduced over the batch with atomics into buffers shaped like the plan tensors.
 Tableau coefficients are read from a tensor in the compute dtype (no float32 literals).
 """
+
 import triton
 import triton.language as tl
 
@@ -120,16 +121,14 @@ def _acc_w(gW, h, d, PIN: tl.constexpr, POUT: tl.constexpr, PREC: tl.constexpr, 
     ro = tl.arange(0, POUT)
     if PIN <= KC:
         ri = tl.arange(0, PIN)
-        tl.atomic_add(gW + ri[:, None] * POUT + ro[None, :], tl.dot(tl.trans(h), d, input_precision=PREC),
-                      sem="relaxed")
+        tl.atomic_add(gW + ri[:, None] * POUT + ro[None, :], tl.dot(tl.trans(h), d, input_precision=PREC), sem="relaxed")
     else:
         _stash(scr, h, PIN)
         rb = tl.arange(0, h.shape[0])
         rk = tl.arange(0, KC)
         for k0 in range(0, PIN, KC):
             hc = tl.load(scr + rb[:, None] * PIN + k0 + rk[None, :])
-            tl.atomic_add(gW + (k0 + rk)[:, None] * POUT + ro[None, :],
-                          tl.dot(tl.trans(hc), d, input_precision=PREC), sem="relaxed")
+            tl.atomic_add(gW + (k0 + rk)[:, None] * POUT + ro[None, :], tl.dot(tl.trans(hc), d, input_precision=PREC), sem="relaxed")
 
 
 @triton.jit
@@ -141,9 +140,30 @@ def _acc_b(gb, d, POUT: tl.constexpr):
 
 
 @triton.jit
-def _mlp_fwd(z, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst,
-             NL: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, O0: tl.constexpr, O1: tl.constexpr,
-             O2: tl.constexpr, HAS_U: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, scr, KC: tl.constexpr):
+def _mlp_fwd(
+    z,
+    u,
+    W0z,
+    W0u,
+    W1,
+    W2,
+    W3,
+    b0,
+    b1,
+    b2,
+    cst,
+    NL: tl.constexpr,
+    DP: tl.constexpr,
+    KP: tl.constexpr,
+    O0: tl.constexpr,
+    O1: tl.constexpr,
+    O2: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ACT: tl.constexpr,
+    PREC: tl.constexpr,
+    scr,
+    KC: tl.constexpr,
+):
     c = _bias(cst, DP)
     if NL == 0:
         out = z * 0.0 + c
@@ -170,8 +190,23 @@ def _mlp_fwd(z, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst,
 
 
 @triton.jit
-def _first_bwd(z, u, d, W0z, gW0z, gW0u, gb0, POUT: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr,
-               HAS_U: tl.constexpr, HAS_B: tl.constexpr, PREC: tl.constexpr, scr, KC: tl.constexpr):
+def _first_bwd(
+    z,
+    u,
+    d,
+    W0z,
+    gW0z,
+    gW0u,
+    gb0,
+    POUT: tl.constexpr,
+    DP: tl.constexpr,
+    KP: tl.constexpr,
+    HAS_U: tl.constexpr,
+    HAS_B: tl.constexpr,
+    PREC: tl.constexpr,
+    scr,
+    KC: tl.constexpr,
+):
     """Gradient of the first layer given ``d`` = cotangent of its pre-activation; returns dz."""
     if HAS_B:
         _acc_b(gb0, d, POUT)
@@ -182,10 +217,39 @@ def _first_bwd(z, u, d, W0z, gW0z, gW0u, gb0, POUT: tl.constexpr, DP: tl.constex
 
 
 @triton.jit
-def _mlp_vjp(z, u, g, W0z, W0u, W1, W2, W3, b0, b1, b2,
-             gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst,
-             NL: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, O0: tl.constexpr, O1: tl.constexpr,
-             O2: tl.constexpr, HAS_U: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, scr, KC: tl.constexpr):
+def _mlp_vjp(
+    z,
+    u,
+    g,
+    W0z,
+    W0u,
+    W1,
+    W2,
+    W3,
+    b0,
+    b1,
+    b2,
+    gW0z,
+    gW0u,
+    gW1,
+    gW2,
+    gW3,
+    gb0,
+    gb1,
+    gb2,
+    gcst,
+    NL: tl.constexpr,
+    DP: tl.constexpr,
+    KP: tl.constexpr,
+    O0: tl.constexpr,
+    O1: tl.constexpr,
+    O2: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ACT: tl.constexpr,
+    PREC: tl.constexpr,
+    scr,
+    KC: tl.constexpr,
+):
     """``dz = g^T d mlp/dz``; parameter gradients accumulated atomically."""
     _acc_b(gcst, g, DP)
     if NL == 0:
@@ -259,11 +323,15 @@ def _mech_fwd(z, u, out, tab, tp, n_terms, DP: tl.constexpr, KP: tl.constexpr):
         ua = tl.sum(tl.where(ck == a, u, 0.0), 1)
         pos, safe, r = _hill_r(za, p1, p2)
         hill = tl.where((flags & 2) != 0, p0 / (1.0 + r), p0 * r / (1.0 + r))
-        f = tl.where(kind == 1, p0 * za,
-                     tl.where(kind == 2, p0 * za * zb,
-                              tl.where(kind == 3, p0 * za / (p1 + za),
-                                       tl.where(kind == 4, hill,
-                                                tl.where(kind == 5, p0 * ua, za * 0.0 + p0)))))
+        f = tl.where(
+            kind == 1,
+            p0 * za,
+            tl.where(
+                kind == 2,
+                p0 * za * zb,
+                tl.where(kind == 3, p0 * za / (p1 + za), tl.where(kind == 4, hill, tl.where(kind == 5, p0 * ua, za * 0.0 + p0))),
+            ),
+        )
         out += tl.where(cd == dst, f[:, None], 0.0)
         sub = tl.where((flags & 1) != 0, f, 0.0)[:, None]
         out -= tl.where(cd == a, sub, 0.0) + tl.where(cd == b, sub, 0.0)
@@ -299,11 +367,13 @@ def _mech_vjp(z, u, g, dz, tab, tp, gtp, n_terms, DP: tl.constexpr, KP: tl.const
         hl_dza = tl.where(pos, dfdr * p2 * r / safe, 0.0)
         hl_dp1 = tl.where(pos, -dfdr * p2 * r / p1, 0.0)
         hl_dp2 = tl.where(pos, dfdr * r * tl.log(safe / p1), 0.0)
-        dza = tl.where(kind == 1, zero + p0, tl.where(kind == 2, p0 * zb, tl.where(kind == 3, mm_dza,
-                       tl.where(kind == 4, hl_dza, zero))))
+        dza = tl.where(kind == 1, zero + p0, tl.where(kind == 2, p0 * zb, tl.where(kind == 3, mm_dza, tl.where(kind == 4, hl_dza, zero))))
         dzb = tl.where(kind == 2, p0 * za, zero)
-        dp0 = tl.where(kind == 0, zero + 1.0, tl.where(kind == 1, za, tl.where(kind == 2, za * zb, tl.where(
-            kind == 3, mm_dp0, tl.where(kind == 4, hl_dp0, ua)))))
+        dp0 = tl.where(
+            kind == 0,
+            zero + 1.0,
+            tl.where(kind == 1, za, tl.where(kind == 2, za * zb, tl.where(kind == 3, mm_dp0, tl.where(kind == 4, hl_dp0, ua)))),
+        )
         dp1 = tl.where(kind == 3, mm_dp1, tl.where(kind == 4, hl_dp1, zero))
         dp2 = tl.where(kind == 4, hl_dp2, zero)
         dz += tl.where(cd == a, (gf * dza)[:, None], 0.0) + tl.where(cd == b, (gf * dzb)[:, None], 0.0)
@@ -317,20 +387,108 @@ def _mech_vjp(z, u, g, dz, tab, tp, gtp, n_terms, DP: tl.constexpr, KP: tl.const
 
 
 @triton.jit
-def _field(z, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms,
-           NL: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, O0: tl.constexpr, O1: tl.constexpr,
-           O2: tl.constexpr, HAS_U: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, scr, KC: tl.constexpr):
+def _field(
+    z,
+    u,
+    W0z,
+    W0u,
+    W1,
+    W2,
+    W3,
+    b0,
+    b1,
+    b2,
+    cst,
+    tab,
+    tp,
+    n_terms,
+    NL: tl.constexpr,
+    DP: tl.constexpr,
+    KP: tl.constexpr,
+    O0: tl.constexpr,
+    O1: tl.constexpr,
+    O2: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ACT: tl.constexpr,
+    PREC: tl.constexpr,
+    scr,
+    KC: tl.constexpr,
+):
     out = _mlp_fwd(z, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
     return _mech_fwd(z, u, out, tab, tp, n_terms, DP, KP)
 
 
 @triton.jit
-def _field_vjp(z, u, g, W0z, W0u, W1, W2, W3, b0, b1, b2, tab, tp, n_terms,
-               gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst, gtp,
-               NL: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, O0: tl.constexpr, O1: tl.constexpr,
-               O2: tl.constexpr, HAS_U: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, scr, KC: tl.constexpr):
-    dz = _mlp_vjp(z, u, g, W0z, W0u, W1, W2, W3, b0, b1, b2, gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst,
-                  NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
+def _field_vjp(
+    z,
+    u,
+    g,
+    W0z,
+    W0u,
+    W1,
+    W2,
+    W3,
+    b0,
+    b1,
+    b2,
+    tab,
+    tp,
+    n_terms,
+    gW0z,
+    gW0u,
+    gW1,
+    gW2,
+    gW3,
+    gb0,
+    gb1,
+    gb2,
+    gcst,
+    gtp,
+    NL: tl.constexpr,
+    DP: tl.constexpr,
+    KP: tl.constexpr,
+    O0: tl.constexpr,
+    O1: tl.constexpr,
+    O2: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ACT: tl.constexpr,
+    PREC: tl.constexpr,
+    scr,
+    KC: tl.constexpr,
+):
+    dz = _mlp_vjp(
+        z,
+        u,
+        g,
+        W0z,
+        W0u,
+        W1,
+        W2,
+        W3,
+        b0,
+        b1,
+        b2,
+        gW0z,
+        gW0u,
+        gW1,
+        gW2,
+        gW3,
+        gb0,
+        gb1,
+        gb2,
+        gcst,
+        NL,
+        DP,
+        KP,
+        O0,
+        O1,
+        O2,
+        HAS_U,
+        ACT,
+        PREC,
+        scr,
+        KC,
+    )
     return _mech_vjp(z, u, g, dz, tab, tp, gtp, n_terms, DP, KP)
 
 
@@ -347,36 +505,136 @@ def _store_tile(ptr, x, rows, rm, n, NP: tl.constexpr):
 
 
 @triton.jit
-def _field_fwd_kernel(z_ptr, u_ptr, out_ptr, B, D, K,
-                      W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tp, tab, n_terms,
-                      BM: tl.constexpr, NL: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, O0: tl.constexpr,
-                      O1: tl.constexpr, O2: tl.constexpr, HAS_U: tl.constexpr, ACT: tl.constexpr,
-                      PREC: tl.constexpr, scr_ptr, KC: tl.constexpr, SW: tl.constexpr):
+def _field_fwd_kernel(
+    z_ptr,
+    u_ptr,
+    out_ptr,
+    B,
+    D,
+    K,
+    W0z,
+    W0u,
+    W1,
+    W2,
+    W3,
+    b0,
+    b1,
+    b2,
+    cst,
+    tp,
+    tab,
+    n_terms,
+    BM: tl.constexpr,
+    NL: tl.constexpr,
+    DP: tl.constexpr,
+    KP: tl.constexpr,
+    O0: tl.constexpr,
+    O1: tl.constexpr,
+    O2: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ACT: tl.constexpr,
+    PREC: tl.constexpr,
+    scr_ptr,
+    KC: tl.constexpr,
+    SW: tl.constexpr,
+):
     scr = scr_ptr + tl.program_id(0) * (BM * SW)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     rm = rows < B
     z = _load_tile(z_ptr, rows, rm, D, DP)
     u = _load_tile(u_ptr, rows, rm, K, KP).to(z.dtype)
-    out = _field(z, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U,
-                 ACT, PREC, scr, KC)
+    out = _field(z, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
     _store_tile(out_ptr, out, rows, rm, D, DP)
 
 
 @triton.jit
-def _field_bwd_kernel(z_ptr, u_ptr, g_ptr, dz_ptr, B, D, K,
-                      W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tp, tab, n_terms,
-                      gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst, gtp,
-                      BM: tl.constexpr, NL: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, O0: tl.constexpr,
-                      O1: tl.constexpr, O2: tl.constexpr, HAS_U: tl.constexpr, ACT: tl.constexpr,
-                      PREC: tl.constexpr, scr_ptr, KC: tl.constexpr, SW: tl.constexpr):
+def _field_bwd_kernel(
+    z_ptr,
+    u_ptr,
+    g_ptr,
+    dz_ptr,
+    B,
+    D,
+    K,
+    W0z,
+    W0u,
+    W1,
+    W2,
+    W3,
+    b0,
+    b1,
+    b2,
+    cst,
+    tp,
+    tab,
+    n_terms,
+    gW0z,
+    gW0u,
+    gW1,
+    gW2,
+    gW3,
+    gb0,
+    gb1,
+    gb2,
+    gcst,
+    gtp,
+    BM: tl.constexpr,
+    NL: tl.constexpr,
+    DP: tl.constexpr,
+    KP: tl.constexpr,
+    O0: tl.constexpr,
+    O1: tl.constexpr,
+    O2: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ACT: tl.constexpr,
+    PREC: tl.constexpr,
+    scr_ptr,
+    KC: tl.constexpr,
+    SW: tl.constexpr,
+):
     scr = scr_ptr + tl.program_id(0) * (BM * SW)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     rm = rows < B
     z = _load_tile(z_ptr, rows, rm, D, DP)
     u = _load_tile(u_ptr, rows, rm, K, KP).to(z.dtype)
     g = _load_tile(g_ptr, rows, rm, D, DP)
-    dz = _field_vjp(z, u, g, W0z, W0u, W1, W2, W3, b0, b1, b2, tab, tp, n_terms,
-                    gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst, gtp, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
+    dz = _field_vjp(
+        z,
+        u,
+        g,
+        W0z,
+        W0u,
+        W1,
+        W2,
+        W3,
+        b0,
+        b1,
+        b2,
+        tab,
+        tp,
+        n_terms,
+        gW0z,
+        gW0u,
+        gW1,
+        gW2,
+        gW3,
+        gb0,
+        gb1,
+        gb2,
+        gcst,
+        gtp,
+        NL,
+        DP,
+        KP,
+        O0,
+        O1,
+        O2,
+        HAS_U,
+        ACT,
+        PREC,
+        scr,
+        KC,
+    )
     _store_tile(dz_ptr, dz, rows, rm, D, DP)
 
 
@@ -391,36 +649,54 @@ def _c(coef, i: tl.constexpr):
 
 
 @triton.jit
-def _dp_stages(y, k1, hd, u, coef, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms,
-               NL: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, O0: tl.constexpr, O1: tl.constexpr,
-               O2: tl.constexpr, HAS_U: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, scr, KC: tl.constexpr):
+def _dp_stages(
+    y,
+    k1,
+    hd,
+    u,
+    coef,
+    W0z,
+    W0u,
+    W1,
+    W2,
+    W3,
+    b0,
+    b1,
+    b2,
+    cst,
+    tab,
+    tp,
+    n_terms,
+    NL: tl.constexpr,
+    DP: tl.constexpr,
+    KP: tl.constexpr,
+    O0: tl.constexpr,
+    O1: tl.constexpr,
+    O2: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ACT: tl.constexpr,
+    PREC: tl.constexpr,
+    scr,
+    KC: tl.constexpr,
+):
     g2 = y + (k1 * _c(coef, 0)) * hd
-    k2 = _field(g2, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U,
-                ACT, PREC, scr, KC)
+    k2 = _field(g2, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
     g3 = y + (k1 * _c(coef, 1) + k2 * _c(coef, 2)) * hd
-    k3 = _field(g3, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U,
-                ACT, PREC, scr, KC)
+    k3 = _field(g3, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
     g4 = y + (k1 * _c(coef, 3) + k2 * _c(coef, 4) + k3 * _c(coef, 5)) * hd
-    k4 = _field(g4, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U,
-                ACT, PREC, scr, KC)
+    k4 = _field(g4, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
     g5 = y + (k1 * _c(coef, 6) + k2 * _c(coef, 7) + k3 * _c(coef, 8) + k4 * _c(coef, 9)) * hd
-    k5 = _field(g5, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U,
-                ACT, PREC, scr, KC)
-    g6 = y + (k1 * _c(coef, 10) + k2 * _c(coef, 11) + k3 * _c(coef, 12) + k4 * _c(coef, 13)
-              + k5 * _c(coef, 14)) * hd
-    k6 = _field(g6, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U,
-                ACT, PREC, scr, KC)
-    y1 = y + hd * (k1 * _c(coef, 15) + k3 * _c(coef, 17) + k4 * _c(coef, 18) + k5 * _c(coef, 19)
-                   + k6 * _c(coef, 20))
-    k7 = _field(y1, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U,
-                ACT, PREC, scr, KC)
+    k5 = _field(g5, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
+    g6 = y + (k1 * _c(coef, 10) + k2 * _c(coef, 11) + k3 * _c(coef, 12) + k4 * _c(coef, 13) + k5 * _c(coef, 14)) * hd
+    k6 = _field(g6, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
+    y1 = y + hd * (k1 * _c(coef, 15) + k3 * _c(coef, 17) + k4 * _c(coef, 18) + k5 * _c(coef, 19) + k6 * _c(coef, 20))
+    k7 = _field(y1, u, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
     return g2, g3, g4, g5, g6, y1, k2, k3, k4, k5, k6, k7
 
 
 @triton.jit
 def _dp_err(y, y1, k1, k3, k4, k5, k6, k7, hd, tol, coef, cm, D):
-    e = (k1 * _c(coef, 21) + k3 * _c(coef, 23) + k4 * _c(coef, 24) + k5 * _c(coef, 25) + k6 * _c(coef, 26)
-         + k7 * _c(coef, 27)) * hd
+    e = (k1 * _c(coef, 21) + k3 * _c(coef, 23) + k4 * _c(coef, 24) + k5 * _c(coef, 25) + k6 * _c(coef, 26) + k7 * _c(coef, 27)) * hd
     atol = tl.load(tol)
     rtol = tl.load(tol + 1)
     scale = atol + tl.maximum(tl.abs(y), tl.abs(y1)) * rtol
@@ -430,12 +706,52 @@ def _dp_err(y, y1, k1, k3, k4, k5, k6, k7, hd, tol, coef, cm, D):
 
 
 @triton.jit
-def _dp_step_fwd_kernel(y_ptr, f0_ptr, u_ptr, h_ptr, tol, coef, ctl, rej_ptr,
-                        y1_ptr, k7_ptr, q_ptr, err_ptr, hn_ptr, acc_ptr, st_ptr, B, D, K,
-                        W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tp, tab, n_terms,
-                        BM: tl.constexpr, NL: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, O0: tl.constexpr,
-                        O1: tl.constexpr, O2: tl.constexpr, HAS_U: tl.constexpr, ACT: tl.constexpr,
-                        PREC: tl.constexpr, scr_ptr, KC: tl.constexpr, SW: tl.constexpr, STIFF: tl.constexpr):
+def _dp_step_fwd_kernel(
+    y_ptr,
+    f0_ptr,
+    u_ptr,
+    h_ptr,
+    tol,
+    coef,
+    ctl,
+    rej_ptr,
+    y1_ptr,
+    k7_ptr,
+    q_ptr,
+    err_ptr,
+    hn_ptr,
+    acc_ptr,
+    st_ptr,
+    B,
+    D,
+    K,
+    W0z,
+    W0u,
+    W1,
+    W2,
+    W3,
+    b0,
+    b1,
+    b2,
+    cst,
+    tp,
+    tab,
+    n_terms,
+    BM: tl.constexpr,
+    NL: tl.constexpr,
+    DP: tl.constexpr,
+    KP: tl.constexpr,
+    O0: tl.constexpr,
+    O1: tl.constexpr,
+    O2: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ACT: tl.constexpr,
+    PREC: tl.constexpr,
+    scr_ptr,
+    KC: tl.constexpr,
+    SW: tl.constexpr,
+    STIFF: tl.constexpr,
+):
     scr = scr_ptr + tl.program_id(0) * (BM * SW)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     rm = rows < B
@@ -446,14 +762,20 @@ def _dp_step_fwd_kernel(y_ptr, f0_ptr, u_ptr, h_ptr, tol, coef, ctl, rej_ptr,
     h = tl.load(h_ptr + rows, mask=rm, other=0.0)
     hd = h.to(y.dtype)[:, None]
     g2, g3, g4, g5, g6, y1, k2, k3, k4, k5, k6, k7 = _dp_stages(
-        y, k1, hd, u, coef, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms,
-        NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
+        y, k1, hd, u, coef, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC
+    )
     e, scale, r, en = _dp_err(y, y1, k1, k3, k4, k5, k6, k7, hd, tol, coef, cm, D)
     _store_tile(y1_ptr, y1, rows, rm, D, DP)
     _store_tile(k7_ptr, k7, rows, rm, D, DP)
     for m in tl.static_range(4):
-        q = (k1 * _c(coef, 28 + m) + k3 * _c(coef, 36 + m) + k4 * _c(coef, 40 + m)
-             + k5 * _c(coef, 44 + m) + k6 * _c(coef, 48 + m) + k7 * _c(coef, 52 + m))
+        q = (
+            k1 * _c(coef, 28 + m)
+            + k3 * _c(coef, 36 + m)
+            + k4 * _c(coef, 40 + m)
+            + k5 * _c(coef, 44 + m)
+            + k6 * _c(coef, 48 + m)
+            + k7 * _c(coef, 52 + m)
+        )
         _store_tile(q_ptr + m * B * D, q, rows, rm, D, DP)
     err = en.to(tl.float64)
     tl.store(err_ptr + rows, err, mask=rm)
@@ -481,13 +803,60 @@ def _dp_step_fwd_kernel(y_ptr, f0_ptr, u_ptr, h_ptr, tol, coef, ctl, rej_ptr,
 
 
 @triton.jit
-def _dp_step_bwd_kernel(y_ptr, f0_ptr, u_ptr, h_ptr, tol, coef,
-                        gy1_ptr, gk7_ptr, gq_ptr, gerr_ptr, gy_ptr, gf0_ptr, B, D, K,
-                        W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tp, tab, n_terms,
-                        gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst, gtp,
-                        BM: tl.constexpr, NL: tl.constexpr, DP: tl.constexpr, KP: tl.constexpr, O0: tl.constexpr,
-                        O1: tl.constexpr, O2: tl.constexpr, HAS_U: tl.constexpr, ACT: tl.constexpr,
-                        PREC: tl.constexpr, scr_ptr, KC: tl.constexpr, SW: tl.constexpr, HAS_GQ: tl.constexpr, HAS_GERR: tl.constexpr):
+def _dp_step_bwd_kernel(
+    y_ptr,
+    f0_ptr,
+    u_ptr,
+    h_ptr,
+    tol,
+    coef,
+    gy1_ptr,
+    gk7_ptr,
+    gq_ptr,
+    gerr_ptr,
+    gy_ptr,
+    gf0_ptr,
+    B,
+    D,
+    K,
+    W0z,
+    W0u,
+    W1,
+    W2,
+    W3,
+    b0,
+    b1,
+    b2,
+    cst,
+    tp,
+    tab,
+    n_terms,
+    gW0z,
+    gW0u,
+    gW1,
+    gW2,
+    gW3,
+    gb0,
+    gb1,
+    gb2,
+    gcst,
+    gtp,
+    BM: tl.constexpr,
+    NL: tl.constexpr,
+    DP: tl.constexpr,
+    KP: tl.constexpr,
+    O0: tl.constexpr,
+    O1: tl.constexpr,
+    O2: tl.constexpr,
+    HAS_U: tl.constexpr,
+    ACT: tl.constexpr,
+    PREC: tl.constexpr,
+    scr_ptr,
+    KC: tl.constexpr,
+    SW: tl.constexpr,
+    HAS_GQ: tl.constexpr,
+    HAS_GERR: tl.constexpr,
+):
     scr = scr_ptr + tl.program_id(0) * (BM * SW)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     rm = rows < B
@@ -498,8 +867,8 @@ def _dp_step_bwd_kernel(y_ptr, f0_ptr, u_ptr, h_ptr, tol, coef,
     hd = tl.load(h_ptr + rows, mask=rm, other=0.0).to(y.dtype)[:, None]
     # recompute the stages
     g2, g3, g4, g5, g6, y1, k2, k3, k4, k5, k6, k7 = _dp_stages(
-        y, k1, hd, u, coef, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms,
-        NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
+        y, k1, hd, u, coef, W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tab, tp, n_terms, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC
+    )
     dy1 = _load_tile(gy1_ptr, rows, rm, D, DP)
     dk7 = _load_tile(gk7_ptr, rows, rm, D, DP)
     dy = dy1 * 0.0
@@ -537,8 +906,43 @@ def _dp_step_bwd_kernel(y_ptr, f0_ptr, u_ptr, h_ptr, tol, coef,
         dk7 += deh * _c(coef, 27)
     # k7 = f(y1)
     dk7 = tl.where(cm & rm[:, None], dk7, 0.0)
-    dy1 += _field_vjp(y1, u, dk7, W0z, W0u, W1, W2, W3, b0, b1, b2, tab, tp, n_terms,
-                      gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst, gtp, NL, DP, KP, O0, O1, O2, HAS_U, ACT, PREC, scr, KC)
+    dy1 += _field_vjp(
+        y1,
+        u,
+        dk7,
+        W0z,
+        W0u,
+        W1,
+        W2,
+        W3,
+        b0,
+        b1,
+        b2,
+        tab,
+        tp,
+        n_terms,
+        gW0z,
+        gW0u,
+        gW1,
+        gW2,
+        gW3,
+        gb0,
+        gb1,
+        gb2,
+        gcst,
+        gtp,
+        NL,
+        DP,
+        KP,
+        O0,
+        O1,
+        O2,
+        HAS_U,
+        ACT,
+        PREC,
+        scr,
+        KC,
+    )
     # y1 = y + h * sum b_j k_j
     dy += dy1
     t = dy1 * hd
@@ -548,9 +952,43 @@ def _dp_step_bwd_kernel(y_ptr, f0_ptr, u_ptr, h_ptr, tol, coef,
     dk5 += t * _c(coef, 19)
     dk6 += t * _c(coef, 20)
     # stage 6
-    dg = _field_vjp(g6, u, tl.where(cm & rm[:, None], dk6, 0.0), W0z, W0u, W1, W2, W3, b0, b1, b2, tab, tp,
-                    n_terms, gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst, gtp, NL, DP, KP, O0, O1, O2, HAS_U,
-                    ACT, PREC, scr, KC)
+    dg = _field_vjp(
+        g6,
+        u,
+        tl.where(cm & rm[:, None], dk6, 0.0),
+        W0z,
+        W0u,
+        W1,
+        W2,
+        W3,
+        b0,
+        b1,
+        b2,
+        tab,
+        tp,
+        n_terms,
+        gW0z,
+        gW0u,
+        gW1,
+        gW2,
+        gW3,
+        gb0,
+        gb1,
+        gb2,
+        gcst,
+        gtp,
+        NL,
+        DP,
+        KP,
+        O0,
+        O1,
+        O2,
+        HAS_U,
+        ACT,
+        PREC,
+        scr,
+        KC,
+    )
     dy += dg
     t = dg * hd
     dk1 += t * _c(coef, 10)
@@ -559,9 +997,43 @@ def _dp_step_bwd_kernel(y_ptr, f0_ptr, u_ptr, h_ptr, tol, coef,
     dk4 += t * _c(coef, 13)
     dk5 += t * _c(coef, 14)
     # stage 5
-    dg = _field_vjp(g5, u, tl.where(cm & rm[:, None], dk5, 0.0), W0z, W0u, W1, W2, W3, b0, b1, b2, tab, tp,
-                    n_terms, gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst, gtp, NL, DP, KP, O0, O1, O2, HAS_U,
-                    ACT, PREC, scr, KC)
+    dg = _field_vjp(
+        g5,
+        u,
+        tl.where(cm & rm[:, None], dk5, 0.0),
+        W0z,
+        W0u,
+        W1,
+        W2,
+        W3,
+        b0,
+        b1,
+        b2,
+        tab,
+        tp,
+        n_terms,
+        gW0z,
+        gW0u,
+        gW1,
+        gW2,
+        gW3,
+        gb0,
+        gb1,
+        gb2,
+        gcst,
+        gtp,
+        NL,
+        DP,
+        KP,
+        O0,
+        O1,
+        O2,
+        HAS_U,
+        ACT,
+        PREC,
+        scr,
+        KC,
+    )
     dy += dg
     t = dg * hd
     dk1 += t * _c(coef, 6)
@@ -569,26 +1041,128 @@ def _dp_step_bwd_kernel(y_ptr, f0_ptr, u_ptr, h_ptr, tol, coef,
     dk3 += t * _c(coef, 8)
     dk4 += t * _c(coef, 9)
     # stage 4
-    dg = _field_vjp(g4, u, tl.where(cm & rm[:, None], dk4, 0.0), W0z, W0u, W1, W2, W3, b0, b1, b2, tab, tp,
-                    n_terms, gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst, gtp, NL, DP, KP, O0, O1, O2, HAS_U,
-                    ACT, PREC, scr, KC)
+    dg = _field_vjp(
+        g4,
+        u,
+        tl.where(cm & rm[:, None], dk4, 0.0),
+        W0z,
+        W0u,
+        W1,
+        W2,
+        W3,
+        b0,
+        b1,
+        b2,
+        tab,
+        tp,
+        n_terms,
+        gW0z,
+        gW0u,
+        gW1,
+        gW2,
+        gW3,
+        gb0,
+        gb1,
+        gb2,
+        gcst,
+        gtp,
+        NL,
+        DP,
+        KP,
+        O0,
+        O1,
+        O2,
+        HAS_U,
+        ACT,
+        PREC,
+        scr,
+        KC,
+    )
     dy += dg
     t = dg * hd
     dk1 += t * _c(coef, 3)
     dk2 += t * _c(coef, 4)
     dk3 += t * _c(coef, 5)
     # stage 3
-    dg = _field_vjp(g3, u, tl.where(cm & rm[:, None], dk3, 0.0), W0z, W0u, W1, W2, W3, b0, b1, b2, tab, tp,
-                    n_terms, gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst, gtp, NL, DP, KP, O0, O1, O2, HAS_U,
-                    ACT, PREC, scr, KC)
+    dg = _field_vjp(
+        g3,
+        u,
+        tl.where(cm & rm[:, None], dk3, 0.0),
+        W0z,
+        W0u,
+        W1,
+        W2,
+        W3,
+        b0,
+        b1,
+        b2,
+        tab,
+        tp,
+        n_terms,
+        gW0z,
+        gW0u,
+        gW1,
+        gW2,
+        gW3,
+        gb0,
+        gb1,
+        gb2,
+        gcst,
+        gtp,
+        NL,
+        DP,
+        KP,
+        O0,
+        O1,
+        O2,
+        HAS_U,
+        ACT,
+        PREC,
+        scr,
+        KC,
+    )
     dy += dg
     t = dg * hd
     dk1 += t * _c(coef, 1)
     dk2 += t * _c(coef, 2)
     # stage 2
-    dg = _field_vjp(g2, u, tl.where(cm & rm[:, None], dk2, 0.0), W0z, W0u, W1, W2, W3, b0, b1, b2, tab, tp,
-                    n_terms, gW0z, gW0u, gW1, gW2, gW3, gb0, gb1, gb2, gcst, gtp, NL, DP, KP, O0, O1, O2, HAS_U,
-                    ACT, PREC, scr, KC)
+    dg = _field_vjp(
+        g2,
+        u,
+        tl.where(cm & rm[:, None], dk2, 0.0),
+        W0z,
+        W0u,
+        W1,
+        W2,
+        W3,
+        b0,
+        b1,
+        b2,
+        tab,
+        tp,
+        n_terms,
+        gW0z,
+        gW0u,
+        gW1,
+        gW2,
+        gW3,
+        gb0,
+        gb1,
+        gb2,
+        gcst,
+        gtp,
+        NL,
+        DP,
+        KP,
+        O0,
+        O1,
+        O2,
+        HAS_U,
+        ACT,
+        PREC,
+        scr,
+        KC,
+    )
     dy += dg
     dk1 += dg * hd * _c(coef, 0)
     _store_tile(gy_ptr, dy, rows, rm, D, DP)

@@ -8,6 +8,7 @@ be traced by ``torch.compile``:
 ``meta`` = ``[NL, DP, KP, O0, O1, O2, HAS_U, ACT, n_terms, D, K]`` (see :mod:`.plan`). The backward
 ops (``*_bwd``) are custom ops too. The kernels themselves are opaque to the compiler.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -34,9 +35,9 @@ def _plan(tensors, tab, meta) -> Plan:
 
 
 @torch.library.custom_op("hnode_fast::triton_field_eval", mutates_args=())
-def triton_field_eval(z: Tensor, u: Optional[Tensor], tensors: List[Tensor], tab: Tensor, meta: List[int],
-                      allow_tf32: bool) -> Tensor:
+def triton_field_eval(z: Tensor, u: Optional[Tensor], tensors: List[Tensor], tab: Tensor, meta: List[int], allow_tf32: bool) -> Tensor:
     from . import ops
+
     return ops.field_forward(_plan(tensors, tab, meta), z, u, list(tensors), allow_tf32)
 
 
@@ -46,9 +47,11 @@ def _(z, u, tensors, tab, meta, allow_tf32):
 
 
 @torch.library.custom_op("hnode_fast::triton_field_eval_bwd", mutates_args=())
-def triton_field_eval_bwd(z: Tensor, u: Optional[Tensor], g: Tensor, tensors: List[Tensor], tab: Tensor,
-                          meta: List[int], allow_tf32: bool) -> List[Tensor]:
+def triton_field_eval_bwd(
+    z: Tensor, u: Optional[Tensor], g: Tensor, tensors: List[Tensor], tab: Tensor, meta: List[int], allow_tf32: bool
+) -> List[Tensor]:
     from . import ops
+
     dz, grads = ops.field_backward(_plan(tensors, tab, meta), z, u, g, list(tensors), allow_tf32)
     return [dz] + grads
 
@@ -78,12 +81,25 @@ triton_field_eval.register_autograd(_fe_backward, setup_context=_fe_setup)
 
 
 @torch.library.custom_op("hnode_fast::triton_dp_step", mutates_args=())
-def triton_dp_step(y: Tensor, f0: Tensor, u: Optional[Tensor], h: Tensor, rejected: Tensor, tensors: List[Tensor],
-                   tab: Tensor, meta: List[int], rtol: float, atol: float, stiffness: bool,
-                   allow_tf32: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def triton_dp_step(
+    y: Tensor,
+    f0: Tensor,
+    u: Optional[Tensor],
+    h: Tensor,
+    rejected: Tensor,
+    tensors: List[Tensor],
+    tab: Tensor,
+    meta: List[int],
+    rtol: float,
+    atol: float,
+    stiffness: bool,
+    allow_tf32: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     from . import ops
-    y1, k7, q, err, hn, acc, st = ops.dp_step_forward(_plan(tensors, tab, meta), y, f0, u, h, rtol, atol, rejected,
-                                                      stiffness, list(tensors), allow_tf32)
+
+    y1, k7, q, err, hn, acc, st = ops.dp_step_forward(
+        _plan(tensors, tab, meta), y, f0, u, h, rtol, atol, rejected, stiffness, list(tensors), allow_tf32
+    )
     if st is None:
         st = torch.zeros(0, dtype=torch.float64, device=y.device)
     return y1, k7, q, err, hn, acc, st
@@ -93,17 +109,37 @@ def triton_dp_step(y: Tensor, f0: Tensor, u: Optional[Tensor], h: Tensor, reject
 def _(y, f0, u, h, rejected, tensors, tab, meta, rtol, atol, stiffness, allow_tf32):
     B, D = y.shape
     f64 = torch.float64
-    return (torch.empty_like(y), torch.empty_like(y), y.new_empty((4, B, D)), y.new_empty(B, dtype=f64),
-            y.new_empty(B, dtype=f64), y.new_empty(B, dtype=torch.bool), y.new_empty(B if stiffness else 0, dtype=f64))
+    return (
+        torch.empty_like(y),
+        torch.empty_like(y),
+        y.new_empty((4, B, D)),
+        y.new_empty(B, dtype=f64),
+        y.new_empty(B, dtype=f64),
+        y.new_empty(B, dtype=torch.bool),
+        y.new_empty(B if stiffness else 0, dtype=f64),
+    )
 
 
 @torch.library.custom_op("hnode_fast::triton_dp_step_bwd", mutates_args=())
-def triton_dp_step_bwd(y: Tensor, f0: Tensor, u: Optional[Tensor], h: Tensor, tensors: List[Tensor], tab: Tensor,
-                       meta: List[int], rtol: float, atol: float, allow_tf32: bool, gy1: Optional[Tensor],
-                       gk7: Optional[Tensor], gq: Optional[Tensor], gerr: Optional[Tensor]) -> List[Tensor]:
+def triton_dp_step_bwd(
+    y: Tensor,
+    f0: Tensor,
+    u: Optional[Tensor],
+    h: Tensor,
+    tensors: List[Tensor],
+    tab: Tensor,
+    meta: List[int],
+    rtol: float,
+    atol: float,
+    allow_tf32: bool,
+    gy1: Optional[Tensor],
+    gk7: Optional[Tensor],
+    gq: Optional[Tensor],
+    gerr: Optional[Tensor],
+) -> List[Tensor]:
     from . import ops
-    gy, gf0, grads = ops.dp_step_backward(_plan(tensors, tab, meta), y, f0, u, h, rtol, atol, gy1, gk7, gq, gerr,
-                                          list(tensors), allow_tf32)
+
+    gy, gf0, grads = ops.dp_step_backward(_plan(tensors, tab, meta), y, f0, u, h, rtol, atol, gy1, gk7, gq, gerr, list(tensors), allow_tf32)
     return [gy, gf0] + grads
 
 
@@ -123,8 +159,7 @@ def _st_setup(ctx, inputs, output):
 def _st_backward(ctx, gy1, gk7, gq, gerr, _a, _b, _c):
     y, f0, u, h, *tensors = ctx.saved_tensors
     tab, meta, rtol, atol, allow_tf32 = ctx.args
-    res = triton_dp_step_bwd(y, f0, u if ctx.has_u else None, h, tensors, tab, meta, rtol, atol, allow_tf32,
-                             gy1, gk7, gq, gerr)
+    res = triton_dp_step_bwd(y, f0, u if ctx.has_u else None, h, tensors, tab, meta, rtol, atol, allow_tf32, gy1, gk7, gq, gerr)
     return res[0], res[1], None, None, None, list(res[2:]), None, None, None, None, None, None
 
 

@@ -6,6 +6,7 @@
 All take a :class:`~.plan.Plan`; gradients w.r.t. the plan tensors flow to ``spec.params``
 through the plan's differentiable construction.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,8 @@ def _check_device(x: torch.Tensor) -> None:
     if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise NotImplementedError(
             "backend='triton' on CPU tensors runs only under the Triton interpreter: set TRITON_INTERPRET=1 "
-            "before importing triton (slow; for tests), or move the tensors to a CUDA device")
+            "before importing triton (slow; for tests), or move the tensors to a CUDA device"
+        )
 
 
 _COEF_CACHE: Dict[Tuple[str, str], torch.Tensor] = {}
@@ -51,8 +53,7 @@ def coef_tensor(dtype, device) -> torch.Tensor:
 def _ctl(device) -> torch.Tensor:
     key = ("ctl", str(device))
     if key not in _COEF_CACHE:
-        _COEF_CACHE[key] = torch.tensor([dp.SAFETY, dp.ERROR_EXPONENT, dp.MIN_FACTOR, dp.MAX_FACTOR],
-                                        dtype=torch.float64, device=device)
+        _COEF_CACHE[key] = torch.tensor([dp.SAFETY, dp.ERROR_EXPONENT, dp.MIN_FACTOR, dp.MAX_FACTOR], dtype=torch.float64, device=device)
     return _COEF_CACHE[key]
 
 
@@ -94,8 +95,9 @@ def field_forward(plan: Plan, z, u=None, tensors=None, allow_tf32=False):
     tens = plan.tensors if tensors is None else tensors
     out = torch.empty_like(z)
     grid = (triton_cdiv(B, BLOCK_M),)
-    K._field_fwd_kernel[grid](z, uu, out, B, D, Kn, *tens, plan.tab, plan.n_terms, BM=BLOCK_M,
-                              **_meta(plan, z.dtype, allow_tf32, B, z.device))
+    K._field_fwd_kernel[grid](
+        z, uu, out, B, D, Kn, *tens, plan.tab, plan.n_terms, BM=BLOCK_M, **_meta(plan, z.dtype, allow_tf32, B, z.device)
+    )
     return out
 
 
@@ -109,8 +111,9 @@ def field_backward(plan: Plan, z, u, g, tensors=None, allow_tf32=False):
     grads = [torch.zeros_like(t) for t in tens]
     dz = torch.empty_like(z)
     grid = (triton_cdiv(B, BLOCK_M),)
-    K._field_bwd_kernel[grid](z, uu, g, dz, B, D, Kn, *tens, plan.tab, plan.n_terms, *grads, BM=BLOCK_M,
-                              **_meta(plan, z.dtype, allow_tf32, B, z.device))
+    K._field_bwd_kernel[grid](
+        z, uu, g, dz, B, D, Kn, *tens, plan.tab, plan.n_terms, *grads, BM=BLOCK_M, **_meta(plan, z.dtype, allow_tf32, B, z.device)
+    )
     return dz, grads
 
 
@@ -143,8 +146,7 @@ def field_eval(plan: Plan, z, u=None, allow_tf32=False):
 # ----------------------------------------------------------------------------- fused DP5 step
 
 
-def dp_step_forward(plan: Plan, y, f0, u, h, rtol, atol, rejected=None, stiffness=False, tensors=None,
-                    allow_tf32=False):
+def dp_step_forward(plan: Plan, y, f0, u, h, rtol, atol, rejected=None, stiffness=False, tensors=None, allow_tf32=False):
     """One fused step. Returns ``y1, k7, Q (4, B, D), err (B,) f64, h_next (B,) f64, accept (B,) bool,
     stiff (B,) f64 or None``. ``Q`` are the dense-output coefficients: ``y(t + x h) = y + h *
     sum_m x^(m+1) Q_m``."""
@@ -156,7 +158,7 @@ def dp_step_forward(plan: Plan, y, f0, u, h, rtol, atol, rejected=None, stiffnes
     uu, Kn = _u_or_dummy(u, B, y.dtype, dev)
     h = h.to(torch.float64).contiguous()
     tol = torch.tensor([atol, rtol], dtype=torch.float64).to(dtype=y.dtype, device=dev)
-    rej = (rejected.to(torch.int8) if rejected is not None else torch.zeros(B, dtype=torch.int8, device=dev))
+    rej = rejected.to(torch.int8) if rejected is not None else torch.zeros(B, dtype=torch.int8, device=dev)
     tens = plan.tensors if tensors is None else tensors
     y1 = torch.empty_like(y)
     k7 = torch.empty_like(y)
@@ -166,9 +168,32 @@ def dp_step_forward(plan: Plan, y, f0, u, h, rtol, atol, rejected=None, stiffnes
     acc = torch.empty(B, dtype=torch.int8, device=dev)
     st = torch.empty(B if stiffness else 1, dtype=torch.float64, device=dev)
     grid = (triton_cdiv(B, BLOCK_M),)
-    K._dp_step_fwd_kernel[grid](y, f0, uu, h, tol, coef_tensor(y.dtype, dev), _ctl(dev), rej, y1, k7, q, err, hn, acc, st,
-                                B, D, Kn, *tens, plan.tab, plan.n_terms, BM=BLOCK_M, STIFF=bool(stiffness),
-                                **_meta(plan, y.dtype, allow_tf32, B, dev))
+    K._dp_step_fwd_kernel[grid](
+        y,
+        f0,
+        uu,
+        h,
+        tol,
+        coef_tensor(y.dtype, dev),
+        _ctl(dev),
+        rej,
+        y1,
+        k7,
+        q,
+        err,
+        hn,
+        acc,
+        st,
+        B,
+        D,
+        Kn,
+        *tens,
+        plan.tab,
+        plan.n_terms,
+        BM=BLOCK_M,
+        STIFF=bool(stiffness),
+        **_meta(plan, y.dtype, allow_tf32, B, dev),
+    )
     return y1, k7, q, err, hn, acc.bool(), (st if stiffness else None)
 
 
@@ -191,10 +216,31 @@ def dp_step_backward(plan: Plan, y, f0, u, h, rtol, atol, gy1, gk7, gq, gerr, te
     gy = torch.empty_like(y)
     gf0 = torch.empty_like(y)
     grid = (triton_cdiv(B, BLOCK_M),)
-    K._dp_step_bwd_kernel[grid](y, f0.contiguous().to(y.dtype), uu, h.to(torch.float64).contiguous(), tol,
-                                coef_tensor(y.dtype, dev), gy1, gk7, gq, gerr, gy, gf0, B, D, Kn, *tens, plan.tab,
-                                plan.n_terms, *grads, BM=BLOCK_M, HAS_GQ=has_gq, HAS_GERR=has_gerr,
-                                **_meta(plan, y.dtype, allow_tf32, B, dev))
+    K._dp_step_bwd_kernel[grid](
+        y,
+        f0.contiguous().to(y.dtype),
+        uu,
+        h.to(torch.float64).contiguous(),
+        tol,
+        coef_tensor(y.dtype, dev),
+        gy1,
+        gk7,
+        gq,
+        gerr,
+        gy,
+        gf0,
+        B,
+        D,
+        Kn,
+        *tens,
+        plan.tab,
+        plan.n_terms,
+        *grads,
+        BM=BLOCK_M,
+        HAS_GQ=has_gq,
+        HAS_GERR=has_gerr,
+        **_meta(plan, y.dtype, allow_tf32, B, dev),
+    )
     return gy, gf0, grads
 
 
@@ -207,8 +253,7 @@ class DPStepFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan, rtol, atol, stiffness, allow_tf32, y, f0, u, h, rejected, *tensors):
-        y1, k7, q, err, hn, acc, st = dp_step_forward(plan, y, f0, u, h, rtol, atol, rejected, stiffness,
-                                                      list(tensors), allow_tf32)
+        y1, k7, q, err, hn, acc, st = dp_step_forward(plan, y, f0, u, h, rtol, atol, rejected, stiffness, list(tensors), allow_tf32)
         ctx.plan, ctx.rtol, ctx.atol, ctx.allow_tf32 = plan, rtol, atol, allow_tf32
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(y, f0, u if u is not None else y.new_zeros(0), h, *tensors)
@@ -220,8 +265,9 @@ class DPStepFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy1, gk7, gq, gerr, _ghn, _gacc, _gst):
         y, f0, u, h, *tensors = ctx.saved_tensors
-        gy, gf0, grads = dp_step_backward(ctx.plan, y, f0, u if u.numel() else None, h, ctx.rtol, ctx.atol,
-                                          gy1, gk7, gq, gerr, tensors, ctx.allow_tf32)
+        gy, gf0, grads = dp_step_backward(
+            ctx.plan, y, f0, u if u.numel() else None, h, ctx.rtol, ctx.atol, gy1, gk7, gq, gerr, tensors, ctx.allow_tf32
+        )
         grads = [gr if t.requires_grad else None for gr, t in zip(grads, tensors)]
         return (None, None, None, None, None, gy, gf0, None, None, None, *grads)
 
@@ -229,5 +275,6 @@ class DPStepFunction(torch.autograd.Function):
 def dp_step_apply(plan: Plan, y, f0, u, h, rtol, atol, rejected=None, stiffness=False, allow_tf32=False):
     if rejected is None:
         rejected = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-    return DPStepFunction.apply(plan, float(rtol), float(atol), bool(stiffness), allow_tf32, y, f0, u,
-                                h.to(torch.float64), rejected, *plan.tensors)
+    return DPStepFunction.apply(
+        plan, float(rtol), float(atol), bool(stiffness), allow_tf32, y, f0, u, h.to(torch.float64), rejected, *plan.tensors
+    )

@@ -16,6 +16,7 @@ Widths are padded to ``max(16, next power of two)`` (``tl.dot`` needs >= 16). CS
 densified: the Triton path is for wide, dense-ish fields; very sparse small fields belong to
 the C++/CUDA ensemble backends.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,11 +41,11 @@ class Plan:
     """Padded dense tensors + compile-time constants of one spec (see the module docstring)."""
 
     tensors: List[torch.Tensor]  # [W0z, W0u, W1, W2, W3, b0, b1, b2, cst, tp]
-    tab: torch.Tensor            # int32 (n_terms * 6,) on the device (at least 1 entry)
+    tab: torch.Tensor  # int32 (n_terms * 6,) on the device (at least 1 entry)
     n_terms: int
     D: int
     K: int
-    meta: dict                   # constexprs: NL, DP, KP, O0, O1, O2, HAS_U, ACT
+    meta: dict  # constexprs: NL, DP, KP, O0, O1, O2, HAS_U, ACT
 
     NAMES = ("W0z", "W0u", "W1", "W2", "W3", "b0", "b1", "b2", "cst", "tp")
 
@@ -53,12 +54,12 @@ def _dense_weight(spec: FieldSpec, row, p: torch.Tensor) -> torch.Tensor:
     n_in, n_out, fmt, w_off, b_off, act, ptr_off, col_off = row
     if fmt == FMT_CSR:
         ints = spec.ints
-        row_ptr = ints[ptr_off:ptr_off + n_out + 1].long()
+        row_ptr = ints[ptr_off : ptr_off + n_out + 1].long()
         nnz = int(row_ptr[-1])
-        cols = ints[col_off:col_off + nnz].long().to(p.device)
+        cols = ints[col_off : col_off + nnz].long().to(p.device)
         rows = torch.repeat_interleave(torch.arange(n_out), row_ptr[1:] - row_ptr[:-1]).to(p.device)
-        return torch.zeros(n_out, n_in, dtype=p.dtype, device=p.device).index_put((rows, cols), p[w_off:w_off + nnz])
-    return p[w_off:w_off + n_out * n_in].view(n_out, n_in)
+        return torch.zeros(n_out, n_in, dtype=p.dtype, device=p.device).index_put((rows, cols), p[w_off : w_off + nnz])
+    return p[w_off : w_off + n_out * n_in].view(n_out, n_in)
 
 
 def _pad2(w: torch.Tensor, r: int, c: int) -> torch.Tensor:
@@ -86,7 +87,7 @@ def build_plan(spec: FieldSpec, dtype: torch.dtype, device) -> Plan:
     Ws = [dummy] * 5
     bs = [dummy] * 3
     outs = [16, 16, 16]
-    cst = p[spec.const_off:spec.const_off + D]
+    cst = p[spec.const_off : spec.const_off + D]
     has_u = False
     if L > 0:
         in_idx = spec.in_idx().long().to(device)
@@ -96,7 +97,7 @@ def build_plan(spec: FieldSpec, dtype: torch.dtype, device) -> Plan:
         for l, row in enumerate(rows):
             w = _dense_weight(spec, row, p)  # (n_out, n_in)
             n_out, b_off = row[1], row[4]
-            b = p[b_off:b_off + n_out]
+            b = p[b_off : b_off + n_out]
             if l == 0:  # fold the feature gather: columns of x = [z, u]
                 w = torch.zeros(w.shape[0], n_feat, dtype=dtype, device=device).index_add(1, in_idx, w)
             if l == L - 1:  # fold the output scatter into D rows
@@ -131,8 +132,8 @@ def flops_per_eval(plan: Plan) -> int:
     NL = m["NL"]
     if NL == 0:
         return 0
-    ins = [m["DP"]] + [m["O0"], m["O1"], m["O2"]][:NL - 1]
-    outs = [m["O0"], m["O1"], m["O2"]][:NL - 1] + [m["DP"]]
+    ins = [m["DP"]] + [m["O0"], m["O1"], m["O2"]][: NL - 1]
+    outs = [m["O0"], m["O1"], m["O2"]][: NL - 1] + [m["DP"]]
     f = sum(2 * a * b for a, b in zip(ins, outs))
     if m["HAS_U"]:
         f += 2 * m["KP"] * outs[0]

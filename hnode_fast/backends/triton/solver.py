@@ -14,6 +14,7 @@ kernel recomputes the stages (exact gradient of the computed solution, like the 
 ``adjoint="backsolve"``: :mod:`.backsolve` (this loop under ``no_grad``, then the continuous
 adjoint integrated backwards with the Triton field and field-VJP kernels).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,11 +32,11 @@ SYNC_EVERY = int(os.environ.get("HNODE_TRITON_SYNC_EVERY", "8"))
 
 def _check(prob) -> None:
     if not prob.field_like:
-        raise NotImplementedError("backend='triton' solves hf.HybridField problems only; plain callables "
-                                  "func(t, y) need backend='reference'")
+        raise NotImplementedError(
+            "backend='triton' solves hf.HybridField problems only; plain callables func(t, y) need backend='reference'"
+        )
     if prob.step_mode != "per_sample":
-        raise NotImplementedError("backend='triton' implements step_mode='per_sample' only; use "
-                                  "backend='reference' for step_mode='shared'")
+        raise NotImplementedError("backend='triton' implements step_mode='per_sample' only; use backend='reference' for step_mode='shared'")
     if prob.adjoint not in ("discrete", "backsolve"):
         raise NotImplementedError(f"backend='triton': unknown adjoint {prob.adjoint!r}")
     if prob.adjoint == "backsolve" and prob.events is not None and prob.events.amounts.requires_grad:
@@ -48,8 +49,7 @@ def _check(prob) -> None:
 def _dose(events, t, hit, y):
     """Sync-free bolus jump: add the amounts of doses given exactly at ``t`` to rows ``hit``."""
     sel = (events.times.to(t.device) == t[:, None]) & hit[:, None]
-    amt = torch.where(sel, events.amounts.to(device=y.device, dtype=y.dtype), torch.zeros((), dtype=y.dtype,
-                                                                                          device=y.device))
+    amt = torch.where(sel, events.amounts.to(device=y.device, dtype=y.dtype), torch.zeros((), dtype=y.dtype, device=y.device))
     return y + torch.zeros_like(y).scatter_add(1, events.states.to(y.device), amt)
 
 
@@ -59,6 +59,7 @@ def solve(prob, allow_tf32: bool = False, sync_every: int = SYNC_EVERY):
     plan = build_plan(prob.func.compile(), prob.y0.dtype, prob.y0.device)
     if prob.adjoint == "backsolve":
         from .backsolve import solve_backsolve
+
         return solve_backsolve(prob, plan, allow_tf32, sync_every)
     out, _, stats = integrate(prob, plan, allow_tf32, sync_every)
     return out, stats
@@ -150,8 +151,7 @@ def integrate(prob, plan, allow_tf32: bool = False, sync_every: int = SYNC_EVERY
         t_new = t + h_abs
         t_new = torch.where(t_new > seg_end, seg_end, t_new)
         h = torch.where(go, t_new - t, torch.zeros_like(t))
-        y_new, k7, q, err, hn, acc_k, _ = ops.dp_step_apply(plan, y, f, u_at(t), h, rtol, atol, rejected,
-                                                            allow_tf32=allow_tf32)
+        y_new, k7, q, err, hn, acc_k, _ = ops.dp_step_apply(plan, y, f, u_at(t), h, rtol, atol, rejected, allow_tf32=allow_tf32)
         nfe = nfe + 6 * go.long()
         finite = torch.isfinite(err)
         accept = go & acc_k
