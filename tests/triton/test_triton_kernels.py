@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tt_helpers import f64, leaf_spec, make_field, ref_step
+from tt_helpers import error_norm_rounding, f64, leaf_spec, make_field, ref_step
 
 from hnode_fast.backends import triton as ht
 from hnode_fast.backends.triton import ops
@@ -65,10 +65,12 @@ def test_dp_step_matches_reference(name, stiffness, device, tseed):
     res = ht.dp_step(spec, y, t, h, rtol, atol, stiffness=stiffness, u=u)
     y1, en, hn, acc = res[:4]
     torch.testing.assert_close(y1, y1r, rtol=1e-12, atol=1e-13)
-    # the error estimate is a cancelling sum: compare relative to its own size
-    torch.testing.assert_close(en, enr, rtol=1e-8, atol=1e-12)
+    # the estimate is a cancelling sum: agree to ~eps x its uncancelled size (worst seen 19 eps over 41 seeds)
+    tol = 256 * torch.finfo(f64).eps * error_norm_rounding(K, h, y, y1r, rtol, atol)
     en_engine = dp.error_norm(K, h, y, y1r, rtol, atol, dp.rms_rows)
-    torch.testing.assert_close(en, en_engine, rtol=1e-8, atol=1e-12)
+    for other in (enr, en_engine):
+        gap = (en - other).abs()
+        assert bool((gap <= tol).all()), f"error norm gap {gap.tolist()} > rounding bound {tol.tolist()}"
     assert torch.equal(acc, en_engine < 1)
     fac = torch.where(en_engine < 1, torch.clamp(0.9 * en_engine**-0.2, max=10.0), torch.clamp(0.9 * en_engine**-0.2, min=0.2))
     torch.testing.assert_close(hn, h * fac, rtol=1e-8, atol=0)

@@ -73,3 +73,15 @@ def ref_step(spec, y, u, h, rtol, atol):
     scale = atol + torch.maximum(y.abs(), y1.abs()) * rtol
     en = dp.rms_rows(err / scale)
     return y1, en, K, Ys
+
+
+def error_norm_rounding(K, h, y, y1, rtol, atol):
+    """Per-row size of the rounding in the error norm, ``rms(h * sum_i |E_i K_i| / scale)``.
+
+    The estimate ``h * sum_i E_i K_i`` cancels to a tiny value; two correct implementations that
+    order their sums differently agree only to ``eps`` times this uncancelled magnitude (B,).
+    """
+    with torch.no_grad():
+        mag = sum(abs(e) * k.detach().abs() for e, k in zip(dp.E, K) if e != 0.0)
+        scale = atol + torch.maximum(y.detach().abs(), y1.detach().abs()) * rtol
+        return dp.rms_rows(mag * h.to(y.dtype)[:, None] / scale)
