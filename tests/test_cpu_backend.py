@@ -161,11 +161,18 @@ def test_max_steps_like_reference(seed):
 
 
 def test_isa_builds_agree_bitwise():
+    """The AVX2 build (own template instantiations, see macros.h) gives the baseline's bits."""
     code = (
         "import torch, hnode_fast as hf, sys; sys.path.insert(0, 'tests'); from conftest import SMOOTH_HILL, random_field;"
-        "torch.manual_seed(3); f = random_field(D=5, hidden=(16, 16));"
-        "y = hf.odeint(f, torch.rand(7, 5, dtype=torch.float64), torch.linspace(0, 2, 5, dtype=torch.float64),"
-        " backend='cpu'); print(repr(y.detach().flatten().tolist()))"
+        "from hnode_fast.backends import cpu;"
+        "torch.manual_seed(3); f = random_field(D=5, hidden=(16, 16), mask_density=0.3);"
+        "y0 = torch.rand(7, 5, dtype=torch.float64, requires_grad=True);"
+        "y = hf.odeint(f, y0, torch.linspace(0, 2, 5, dtype=torch.float64), backend='cpu');"
+        "g = torch.autograd.grad(y.sum(), [y0] + [p for p in f.parameters() if p.requires_grad], allow_unused=True);"
+        "z = torch.randn(9, 5, dtype=torch.float64); s = f.compile();"
+        "e64 = cpu.eval_field(s, z); e32 = cpu.eval_field(s.to(torch.float32), z.float());"
+        "print(repr([y.detach().flatten().tolist(), [x.flatten().tolist() for x in g if x is not None],"
+        " e64.flatten().tolist(), e32.flatten().tolist()]))"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     outs = []
@@ -175,6 +182,34 @@ def test_isa_builds_agree_bitwise():
         assert r.returncode == 0, r.stderr
         outs.append(r.stdout)
     assert outs[0] == outs[1]
+
+
+def test_kernel_tanh_accuracy():
+    """The kernels' branch-free tanh (field.h tanh_fast) within a few ulp of torch.tanh, everywhere."""
+    net = hf.MaskedMLP(1, 1, hidden=(1,), activation="tanh")
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.weight.fill_(1.0)
+            layer.bias.zero_()
+    spec = hf.HybridField(nn=net).to(f64).compile()
+    g = torch.Generator().manual_seed(0)
+    pos = torch.cat(
+        [
+            torch.tensor([0.0, 1e-300, 1e-20, 1e-8, 0.0999, 0.1, 0.1001, 0.17328679513998632, 0.3466, 0.35, 1.0, 19.0, 20.0, 40.0, 1e300]),
+            torch.rand(4000, generator=g, dtype=f64) * 2.0,
+            torch.rand(4000, generator=g, dtype=f64) * 25.0,
+            torch.pow(10.0, -torch.rand(2000, generator=g, dtype=f64) * 30.0),
+        ]
+    ).to(f64)
+    z = torch.cat([pos, -pos, torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=f64)])[:, None]
+    out = cpu.eval_field(spec, z)[:, 0]
+    ref = torch.tanh(z[:, 0])
+    fin = ref.isfinite()
+    assert torch.isnan(out[~fin]).all() and torch.equal(out[-3:-1], torch.tensor([1.0, -1.0], dtype=f64))
+    ulp = (torch.nextafter(ref[fin].abs(), torch.tensor(float("inf"), dtype=f64)) - ref[fin].abs()).clamp_min(torch.finfo(f64).tiny)
+    err = ((out[fin] - ref[fin]).abs() / ulp).max()
+    assert err <= 8, f"tanh kernel {float(err):.1f} ulp from torch.tanh"
+    assert torch.equal(torch.sign(out[fin]), torch.sign(ref[fin]))
 
 
 # ---------------------------------------------------------------- gradients

@@ -3,6 +3,7 @@
 #include "args.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
+#define HNODE_ISA isa_avx2  // own instantiations of the core templates (see macros.h)
 #define HNODE_CPU_NS avx2
 #include "kernels.inc"
 namespace hnode {

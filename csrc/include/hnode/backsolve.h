@@ -19,7 +19,7 @@
 #include "hnode/solve.h"
 #include "hnode/tableau.h"
 
-namespace hnode {
+HNODE_NAMESPACE_BEGIN
 
 // Scratch of one thread for backsolve_one: D = states, K = inputs, A = acts_size,
 // G = grad_scratch_size, P = params; plus a double buffer of stops_size() breakpoints.
@@ -302,4 +302,4 @@ HNODE_HD int backsolve_one(const FieldView<T>& v, const SolveCfg& cfg, const Tra
   return status;
 }
 
-}  // namespace hnode
+HNODE_NAMESPACE_END  // namespace hnode

@@ -9,7 +9,7 @@
 #include "hnode/macros.h"
 #include "hnode/tableau.h"
 
-namespace hnode {
+HNODE_NAMESPACE_BEGIN
 
 constexpr double DP_SAFETY = 0.9;
 constexpr double DP_MIN_FACTOR = 0.2;
@@ -144,4 +144,4 @@ HNODE_HD_INLINE void dp5_dense(const DPCoef<T>& C, int D, const T* K, const T* y
   }
 }
 
-}  // namespace hnode
+HNODE_NAMESPACE_END  // namespace hnode

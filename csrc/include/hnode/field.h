@@ -18,7 +18,7 @@
 
 #include "hnode/macros.h"
 
-namespace hnode {
+HNODE_NAMESPACE_BEGIN
 
 namespace fm {
 HNODE_HD_INLINE double tanh_(double x) { return ::tanh(x); }
@@ -44,9 +44,12 @@ template <class T>
 HNODE_HD_INLINE bool isfin(T x) { return x - x == x - x; }  // false for inf and NaN
 }  // namespace fm
 
-// tanh without a library call, branch-free so loops over units vectorise: odd Taylor series
-// for |x| < 0.1, else (e - 1) / (e + 1) with e = exp(2|x|) from a degree-13 polynomial after
-// Cody-Waite reduction (the 2^k scale built in the exponent bits). Absolute error ~1e-16.
+// tanh without a library call, branch-free so loops over units vectorise:
+// tanh|x| = m / (m + 2) with m = e^(2|x|) - 1 computed without cancellation as
+// (2^k - 1) + 2^k * r * q(r), where 2|x| = k ln2 + r (Cody-Waite, |r| <= ln2/2), the 2^k scale is
+// built in the exponent bits, and q(r) = (e^r - 1)/r is its degree-12 Taylor polynomial evaluated
+// by Estrin's scheme (short dependency chains). Max error 4.5 ulp over [-20, 20] and tiny |x|
+// (libm: ~2 ulp), exact 0 at 0, +-1 beyond |x| = 20, NaN in -> NaN out.
 HNODE_HD_INLINE double tanh_fast(double x) {
   const double ax = fm::abs_(x);
   double y = 2.0 * ax;
@@ -57,36 +60,21 @@ HNODE_HD_INLINE double tanh_fast(double x) {
   memcpy(&kb, &kd, 8);
   kd -= shifter;
   const double r = (y - kd * 0.6931471803691238) - kd * 1.9082149292705877e-10;
-  double p = 1.0 / 6227020800.0;
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
+  const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+  const double a0 = 1.0 + r * (1.0 / 2.0);
+  const double a1 = 1.0 / 6.0 + r * (1.0 / 24.0);
+  const double a2 = 1.0 / 120.0 + r * (1.0 / 720.0);
+  const double a3 = 1.0 / 5040.0 + r * (1.0 / 40320.0);
+  const double a4 = 1.0 / 362880.0 + r * (1.0 / 3628800.0);
+  const double a5 = 1.0 / 39916800.0 + r * (1.0 / 479001600.0);
+  const double a6 = 1.0 / 6227020800.0;
+  const double b0 = a0 + r2 * a1, b1 = a2 + r2 * a3, b2 = a4 + r2 * a5;
+  const double q = (b0 + r4 * b1) + r8 * (b2 + r4 * a6);
   const unsigned long long sb = (kb + 1023ULL) << 52;
   double sc;
   memcpy(&sc, &sb, 8);
-  const double e = p * sc;
-  const double big = (e - 1.0) / (e + 1.0);
-  const double x2 = ax * ax;
-  double q = 6404582.0 / 10854718875.0;
-  q = q * x2 - 929569.0 / 638512875.0;
-  q = q * x2 + 21844.0 / 6081075.0;
-  q = q * x2 - 1382.0 / 155925.0;
-  q = q * x2 + 62.0 / 2835.0;
-  q = q * x2 - 17.0 / 315.0;
-  q = q * x2 + 2.0 / 15.0;
-  q = q * x2 - 1.0 / 3.0;
-  const double small = ax + ax * x2 * q;
-  const double t = ax < 0.1 ? small : big;
+  const double m = (sc - 1.0) + sc * (r * q);
+  const double t = m / (m + 2.0);
   return x < 0.0 ? -t : t;
 }
 HNODE_HD_INLINE float tanh_fast(float x) { return (float)tanh_fast((double)x); }
@@ -441,4 +429,4 @@ HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const 
   }
 }
 
-}  // namespace hnode
+HNODE_NAMESPACE_END  // namespace hnode

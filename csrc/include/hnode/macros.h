@@ -30,3 +30,21 @@
 #else
 #define HNODE_RESTRICT __restrict__
 #endif
+
+// Every build of the core lives in its own inline namespace: kernels_base.cpp, kernels_avx2.cpp
+// and the CUDA sources instantiate the same templates (eval_field<double>, solve_one, ...), and
+// with one mangled name the linker would keep a single copy for all of them -- the AVX2 launchers
+// then silently ran the baseline-ISA field code. A TU may define HNODE_ISA before the first include.
+#ifndef HNODE_ISA
+#if defined(__CUDACC__)
+#define HNODE_ISA isa_cuda
+#else
+#define HNODE_ISA isa_base
+#endif
+#endif
+#define HNODE_NAMESPACE_BEGIN \
+  namespace hnode {           \
+  inline namespace HNODE_ISA {
+#define HNODE_NAMESPACE_END \
+  }                         \
+  }

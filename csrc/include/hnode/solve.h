@@ -9,7 +9,7 @@
 #include "hnode/field.h"
 #include "hnode/macros.h"
 
-namespace hnode {
+HNODE_NAMESPACE_BEGIN
 
 enum { STATUS_OK = 0, STATUS_MAX_STEPS = 1, STATUS_DT_UNDERFLOW = 2, STATUS_NONFINITE = 3 };
 constexpr int NONFINITE_STREAK = 8;
@@ -323,4 +323,4 @@ HNODE_HD void adjoint_one(const FieldView<T>& v, const Traj<T>& tr, int n, const
   for (int d = 0; d < D; ++d) g_y0[d] = a[d] + g_out[d];
 }
 
-}  // namespace hnode
+HNODE_NAMESPACE_END  // namespace hnode

@@ -15,7 +15,7 @@
 
 #include "hnode/macros.h"
 
-namespace hnode {
+HNODE_NAMESPACE_BEGIN
 
 struct DP5Table {
   static constexpr int n_stages = 6;
@@ -133,4 +133,4 @@ constexpr bool dp5_copies_agree() {
 }  // namespace detail
 static_assert(detail::dp5_copies_agree(), "DP5 and DP5Table disagree");
 
-}  // namespace hnode
+HNODE_NAMESPACE_END  // namespace hnode
