@@ -53,11 +53,27 @@ class Problem:
 
 
 def _check_finite_params(func, deferred: Optional[list] = None) -> None:
-    if isinstance(func, torch.nn.Module):
-        for name, p in func.named_parameters():
-            if deferred is not None:
-                deferred.append((torch.isfinite(p.detach()).all(), f"parameter {name!r} of func contains NaN or inf"))
-            elif not torch.isfinite(p.detach()).all():
+    """ValueError naming the first parameter of ``func`` holding NaN or inf.
+
+    Eager: one fused check over all parameters (the per-parameter loop only runs to name the
+    culprit). It runs on every call: a cache keyed on tensor versions would miss writes through
+    ``p.data``, which do not bump ``p._version``. Under torch.compile: one deferred graph check
+    per parameter.
+    """
+    if not isinstance(func, torch.nn.Module):
+        return
+    named = list(func.named_parameters())
+    if deferred is not None:
+        for name, p in named:
+            deferred.append((torch.isfinite(p.detach()).all(), f"parameter {name!r} of func contains NaN or inf"))
+        return
+    if not named:
+        return
+    flat = [p.detach().reshape(-1) for _, p in named]
+    one_device = all(t.device == flat[0].device for t in flat)
+    if not one_device or not bool(torch.isfinite(torch.cat(flat) if len(flat) > 1 else flat[0]).all()):
+        for name, p in named:
+            if not torch.isfinite(p.detach()).all():
                 raise ValueError(f"parameter {name!r} of func contains NaN or inf")
 
 

@@ -57,12 +57,26 @@ def test_bad_odeint_arguments(kwargs, match):
         hf.odeint(func, args.pop("y0"), args.pop("t"), **args)
 
 
-def test_nan_parameter_named():
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_nan_parameter_named(backend):
     f = field()
     with torch.no_grad():
         f.nn.layers[0].weight[0, 0] = nan
     with pytest.raises(ValueError, match="nn.layers.0.weight"):
-        hf.odeint(f, Y0(), T())
+        hf.odeint(f, Y0(), T(), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_bad_parameter_caught_after_clean_solve(backend):
+    """Every call checks: a write through .data (no version bump) after a clean solve is still caught."""
+    f = field()
+    hf.odeint(f, Y0(), T(), backend=backend)
+    last = f.nn.layers[-1].bias
+    last.data[-1] = -inf
+    with pytest.raises(ValueError, match=r"nn.layers.%d.bias" % (len(f.nn.layers) - 1)):
+        hf.odeint(f, Y0(), T(), backend=backend)
+    last.data[-1] = 0.0
+    hf.odeint(f, Y0(), T(), backend=backend)
 
 
 def test_bad_events_construction():

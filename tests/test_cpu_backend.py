@@ -516,6 +516,30 @@ def test_spec_cache_sees_parameter_updates():
     torch.testing.assert_close(y2, y3, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_spec_cache_sees_writes_through_data(grad):
+    """``p.data`` writes bump no version: the cached spec and structure must still see them."""
+    torch.manual_seed(11)
+    f = random_field(D=3, hidden=(5, 4), mask_density=0.5)
+    y0, t = torch.rand(2, 3, dtype=f64), torch.linspace(0, 1, 4, dtype=f64)
+
+    def solve(backend):
+        with torch.set_grad_enabled(grad):
+            return hf.odeint(f, y0, t, backend=backend).detach()
+
+    y1 = solve("cpu")
+    f.nn.layers[0].bias.data += 0.5  # a parameter
+    y2 = solve("cpu")
+    assert not torch.equal(y1, y2)
+    torch.testing.assert_close(y2, solve("reference"), rtol=1e-11, atol=1e-12)
+    m = f.nn.masks[1]
+    off = (m == 0).nonzero()[0]
+    m.data[tuple(off)] = 1  # a mask: a weight comes back (the structure changes)
+    y3 = solve("cpu")
+    assert not torch.equal(y2, y3)
+    torch.testing.assert_close(y3, solve("reference"), rtol=1e-11, atol=1e-12)
+
+
 def test_op_rejects_bad_arguments():
     spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
     good = [spec.ints, spec.params.detach(), y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-3, 1e-6, 100, 1]

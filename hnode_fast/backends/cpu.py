@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -426,8 +426,8 @@ def _structure_refs(field) -> List[Tensor]:
 
 def _structure_for(field) -> SpecStructure:
     """The field's :class:`SpecStructure` built from its masks only (see ``spec_structure``),
-    cached on the field while the masks and the term mask are the same tensors at the same
-    version (``set_mask``, ``set_term_mask``, ``load_state_dict`` and ``.to`` invalidate it)."""
+    cached on the field while the masks and the term mask are the same tensors holding the same
+    values (compared by value, so writes through ``.data``, which bump no version, are seen)."""
     refs = _structure_refs(field)
     ref = field.nn.layers[0].weight if field.nn is not None else (field.mech.params if field.mech is not None else None)
     cfg = (
@@ -442,12 +442,31 @@ def _structure_for(field) -> SpecStructure:
         cache is not None
         and cache[0] == cfg
         and len(cache[1]) == len(refs)
-        and all(a is b and a._version == v for a, b, v in zip(cache[1], refs, cache[2]))
+        and all(a is b for a, b in zip(cache[1], refs))
+        and _same_values(cache[2], refs)
     ):
         return cache[3]
     st = spec_structure(field.mech, field.nn, field.n_states, field.n_inputs, field.nn_uses_inputs)
-    object.__setattr__(field, "_hnode_structure_cache", (cfg, tuple(refs), tuple(r._version for r in refs), st))
+    object.__setattr__(field, "_hnode_structure_cache", (cfg, tuple(refs), _snapshot(refs), st))
     return st
+
+
+def _snapshot(tensors: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+    """Detached copies of ``tensors`` (the values a cached result was built from)."""
+    return tuple(t.detach().clone() for t in tensors)
+
+
+def _same_values(snap: Sequence[Tensor], tensors: Sequence[Tensor]) -> bool:
+    """``tensors`` hold exactly the values of ``snap`` (same shapes, dtypes, devices, bits).
+
+    A by-value check: ``_version`` misses writes through ``.data`` (``p.data += 1`` does not bump
+    ``p._version``), after which a version-keyed cache would silently solve the old field."""
+    if len(snap) != len(tensors):
+        return False
+    for a, b in zip(snap, tensors):
+        if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or not torch.equal(a, b.detach()):
+            return False
+    return True
 
 
 def _assume_constant_result(fn):
@@ -486,9 +505,9 @@ _STRUCTURE_CHANGED = (
 def _spec_for(field, checks: Optional[list] = None) -> FieldSpec:
     """The field's :class:`FieldSpec` (``field.compile()``), differentiable when a gradient is needed.
 
-    Eager: the int tables are cached per mask/term-mask version (:func:`_structure_for`) and the
-    parameter vector is gathered from the current values each call; with no gradient needed the
-    whole spec is also cached while no parameter or buffer changed. L0-gated networks
+    Eager: the int tables are cached while the masks hold the same values (:func:`_structure_for`)
+    and the parameter vector is gathered from the current values each call; with no gradient
+    needed the whole spec is also cached while every parameter and buffer holds the same values. L0-gated networks
     (structure depends on which gates are exactly 0) are compiled afresh when a gradient is needed.
 
     Under ``torch.compile`` the structure (masks only) is a constant of the graph and only the
@@ -511,9 +530,15 @@ def _spec_for(field, checks: Optional[list] = None) -> FieldSpec:
             return field.compile()
         st = _structure_for(field)
         return FieldSpec(st.ints, gather_params(st, field.mech, mlp))
-    key = tuple((id(p), p._version, p.dtype) for p in tensors)
+    # no gradient: reuse the last spec while every parameter and buffer holds the same values
+    # (compared by value: see _same_values); cache[2] keeps the tensors alive, so ids are not reused
     cache = field.__dict__.get("_hnode_cpu_spec_cache")
-    if cache is not None and cache[0] == key:  # cache[2] keeps the keyed tensors alive: ids not reused
+    if (
+        cache is not None
+        and len(cache[0]) == len(tensors)
+        and all(i == id(p) for i, p in zip(cache[0], tensors))
+        and _same_values(cache[3], tensors)
+    ):
         return cache[1]
     mlp = field.nn
     if mlp is not None and mlp.gates is not None:
@@ -521,7 +546,7 @@ def _spec_for(field, checks: Optional[list] = None) -> FieldSpec:
     else:
         st = _structure_for(field)
         spec = FieldSpec(st.ints, gather_params(st, field.mech, mlp).detach())
-    object.__setattr__(field, "_hnode_cpu_spec_cache", (key, spec, tuple(tensors)))
+    object.__setattr__(field, "_hnode_cpu_spec_cache", (tuple(id(p) for p in tensors), spec, tuple(tensors), _snapshot(tensors)))
     return spec
 
 

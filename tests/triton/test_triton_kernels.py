@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tt_helpers import error_norm_rounding, f64, leaf_spec, make_field, ref_step
+from tt_helpers import error_norm_rounding, f64, leaf_spec, make_field, ref_step, stage_noise
 
 from hnode_fast.backends import triton as ht
 from hnode_fast.backends.triton import ops
@@ -65,8 +65,12 @@ def test_dp_step_matches_reference(name, stiffness, device, tseed):
     res = ht.dp_step(spec, y, t, h, rtol, atol, stiffness=stiffness, u=u)
     y1, en, hn, acc = res[:4]
     torch.testing.assert_close(y1, y1r, rtol=1e-12, atol=1e-13)
-    # the estimate is a cancelling sum: agree to ~eps x its uncancelled size (worst seen 19 eps over 41 seeds)
-    tol = 256 * torch.finfo(f64).eps * error_norm_rounding(K, h, y, y1r, rtol, atol)
+    # the estimate is a cancelling sum of cancelling field values: agree to the rounding of both
+    # (seed 1413887824: field value 3e-4 from terms of 0.1, stage values 1200 eps apart, gap 4e-11)
+    noise = stage_noise(ht.field_eval, spec, Ys, K, u)
+    # field_eval is checked on its own in test_field_forward_and_vjp; keep the widening honest here too
+    assert float(noise.max()) <= 1e-11 * (1.0 + max(float(k.abs().max()) for k in K))
+    tol = 64 * error_norm_rounding(K, h, y, y1r, rtol, atol, noise)
     en_engine = dp.error_norm(K, h, y, y1r, rtol, atol, dp.rms_rows)
     for other in (enr, en_engine):
         gap = (en - other).abs()
@@ -77,7 +81,13 @@ def test_dp_step_matches_reference(name, stiffness, device, tseed):
     if stiffness:
         num = torch.linalg.vector_norm(K[6] - K[5], dim=1)
         den = torch.linalg.vector_norm(Ys[6] - Ys[5], dim=1)
-        torch.testing.assert_close(res[4], num / den, rtol=1e-9, atol=1e-14)
+        # a difference quotient of nearby stages: relative rounding ~ (field noise + eps|K|)/|dK| + eps|Y|/|dY|
+        eps = torch.finfo(f64).eps
+        dk = torch.linalg.vector_norm(2 * noise + eps * (K[6].abs() + K[5].abs()), dim=1)
+        dy = torch.linalg.vector_norm(eps * (Ys[6].abs() + Ys[5].abs()), dim=1)
+        rel = float((dk / num + 2 * dy / den).max())
+        print(f"stiffness estimate relative rounding {rel:.3g}")
+        torch.testing.assert_close(res[4], num / den, rtol=max(1e-9, 16 * rel), atol=1e-14)
 
 
 @pytest.mark.parametrize("name", ["D3-inputs-tanh", "L4-relu-csr", "D1-batch-odd"])
@@ -91,19 +101,22 @@ def test_dp_step_vjp_matches_autograd(name, device, tseed):
     rtol, atol = 1e-6, 1e-8
     w = torch.randn(B, f.n_states, dtype=f64, device=device)
     c = torch.randn(B, dtype=f64, device=device)
-    y1r, enr, _, _ = ref_step(spec, y, u, h, rtol, atol)
+    y1r, enr, K, Ys = ref_step(spec, y, u, h, rtol, atol)
     t = torch.zeros(B, dtype=f64, device=device)
     y1, en, _, _ = ht.dp_step(spec, y, t, h, rtol, atol, u=u)
+    # relative rounding of the error estimate (a cancelling sum of cancelling field values)
+    rel = float((error_norm_rounding(K, h, y, y1r, rtol, atol, stage_noise(ht.field_eval, spec, Ys, K, u)) / enr.detach()).max())
     # VJP of y1: ~1e-12
     gr = torch.autograd.grad((y1r * w).sum(), [y, spec.params], retain_graph=True)
     gt = torch.autograd.grad((y1 * w).sum(), [y, spec.params], retain_graph=True)
     for a, b in zip(gt, gr):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
-    # VJP of the error norm: the estimate is a cancelling sum (relative rounding ~1e-9 here)
+    # VJP of the error norm: its relative rounding follows the estimate's (typically ~1e-9)
     gr = torch.autograd.grad((enr * c).sum(), [y, spec.params])
     gt = torch.autograd.grad((en * c).sum(), [y, spec.params])
+    tol = max(1e-7, 100 * rel)
     for a, b in zip(gt, gr):
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7 * float(b.abs().max()))
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * float(b.abs().max()))
 
 
 def test_dp_step_detached_k1(device, tseed):
