@@ -1,12 +1,14 @@
 """hnode_fast CPU backend vs torchdiffeq dopri5 vs torchode Dopri5 on the same field.
 
 Field: D=8 states, masked MLP hidden (32, 32) tanh, t in [0, 5] with 20 outputs,
-rtol 1e-5, atol 1e-7, float64, torch.set_num_threads(2). Times are medians in one process;
-ratios are torchdiffeq / hnode and torchode / hnode. "fwd" runs under torch.no_grad() for all
-three solvers; "fwd+bwd" backpropagates sum(y^2) to y0 and the parameters (hnode: discrete
-adjoint; torchdiffeq / torchode: autograd through the solver). NFE: mean function evaluations
-per trajectory (torchdiffeq: calls of the batched function). Error: max |y - y_ref| against
-scipy DOP853 at rtol 1e-12, atol 1e-14. Also: field evaluation, dense vs 90% weight sparsity.
+rtol 1e-5, atol 1e-7, float64, torch.set_num_threads(2). Times are medians in one process over
+interleaved rounds (each solver once per round, after a warm-up call; hnode: the median of 5 calls
+per round after its own warm-up call); ratios are torchdiffeq / hnode and torchode / hnode. "fwd"
+runs under torch.no_grad() for all three solvers; "fwd+bwd" backpropagates sum(y^2) to y0 and the
+parameters (hnode: discrete adjoint; torchdiffeq / torchode: autograd through the solver). NFE:
+mean function evaluations per trajectory (torchdiffeq: calls of the batched function). Error:
+max |y - y_ref| against scipy DOP853 at rtol 1e-12, atol 1e-14. Also: field evaluation, dense vs
+90% weight sparsity.
 
 Run:  python benchmarks/bench_cpu.py [--quick] [--csv out.csv]
       pytest benchmarks/bench_cpu.py --benchmark-only   (pytest-benchmark functions)
@@ -135,13 +137,20 @@ def bench_solvers(batches=(1, 64, 1024), quick=False):
         ref = scipy_reference(f, y0, t)
         for grad in (False, True):
             row = {"B": B, "mode": "fwd+bwd" if grad else "fwd"}
-            for name, fn in PROVIDERS.items():
+            for name, fn in PROVIDERS.items():  # warm-up, NFE, error
                 f.zero_grad(set_to_none=True)
-                reps = 3 if (quick or (B >= 1024 and name != "hnode")) else (20 if name == "hnode" else 5)
                 y, nfe = fn(f, y0, t, grad)
-                row[name + "_ms"] = timeit(lambda: fn(f, y0, t, grad), reps)
                 row[name + "_nfe"] = nfe
                 row[name + "_err"] = float((y - ref).abs().max())
+            # interleaved rounds (each solver once per round): drift of a shared machine hits all three alike
+            rounds = 3 if (quick or B >= 1024) else 9
+            inner = {"hnode": 5 if B < 1024 else 2}  # hnode: a warm-up call then these, per round (median kept)
+            ts: dict = {name: [] for name in PROVIDERS}
+            for _ in range(rounds):
+                for name, fn in PROVIDERS.items():
+                    ts[name].append(timeit(lambda: fn(f, y0, t, grad), inner.get(name, 1), warmup=int(name in inner)))
+            for name in PROVIDERS:
+                row[name + "_ms"] = statistics.median(ts[name])
             row["x_torchdiffeq"] = row["torchdiffeq_ms"] / row["hnode_ms"]
             row["x_torchode"] = row["torchode_ms"] / row["hnode_ms"]
             rows.append(row)
