@@ -215,15 +215,29 @@ def main(argv=None) -> int:
     if a.json:
         print(
             json.dumps(
-                {
-                    "hybrid_test_rmse": tab["hybrid"]["test_rmse"],
-                    "mechanistic_test_rmse": tab["mechanistic"]["test_rmse"],
-                    "blackbox_test_rmse": tab["blackbox"]["test_rmse"],
-                    "sparsity": tab["hybrid"]["sparsity"],
-                    "nonzero_params": tab["hybrid"]["nonzero_params"],
-                    "seconds": secs,
-                    "table": tab,
-                }
+                _json_safe(
+                    {
+                        "hybrid_test_rmse": tab["hybrid"]["test_rmse"],
+                        "mechanistic_test_rmse": tab["mechanistic"]["test_rmse"],
+                        "blackbox_test_rmse": tab["blackbox"]["test_rmse"],
+                        "sparsity": tab["hybrid"]["sparsity"],
+                        "nonzero_params": tab["hybrid"]["nonzero_params"],
+                        "seconds": secs,
+                        "table": tab,
+                    }
+                ),
+                allow_nan=False,
             )
         )
     return 0
+
+
+def _json_safe(obj):
+    """``obj`` with NaN / inf floats replaced by ``None`` (strict JSON: ``NaN`` is not JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj

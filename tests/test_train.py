@@ -124,3 +124,20 @@ def test_demo_pipeline_smoke(tmp_path, capsys):
     assert 0.75 <= out["table"]["hybrid"]["sparsity"] <= 0.85
     assert (tmp_path / "demo.png").stat().st_size > 1000
     assert len(out["test_ids"]) == 4 and not set(out["test_ids"]) & set(out["train_ids"])
+
+
+def test_demo_json_is_strict(capsys):
+    """``hnode-fast demo --json`` prints strict JSON: the mechanistic model's NaN sparsity becomes null."""
+    import json
+
+    from hnode_fast.demo import main
+
+    assert main(["--quick", "--json", "--plot", "", "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+
+    def no_constants(name):
+        raise ValueError(f"non-JSON constant {name}")
+
+    js = json.loads(last, parse_constant=no_constants)
+    assert js["table"]["mechanistic"]["sparsity"] is None
+    assert 0.0 < js["sparsity"] < 1.0 and js["hybrid_test_rmse"] > 0

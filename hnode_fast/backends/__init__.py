@@ -14,7 +14,8 @@ _BUILT = {"reference": _reference.solve}
 
 
 def available() -> list:
-    """Names of the backends usable in this build."""
+    """Names of the backends built into this install (``"triton"``: Triton is importable; its
+    kernels run on CUDA tensors, and on CPU tensors only under ``TRITON_INTERPRET=1``)."""
     return sorted(_BUILT)
 
 
