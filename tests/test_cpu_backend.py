@@ -555,3 +555,24 @@ def test_op_rejects_bad_arguments():
         args[i] = bad
         with pytest.raises((ValueError, RuntimeError)):
             torch.ops.hnode_fast.cpu_solve(*args)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_same_values_helper(fused):
+    """The cache check behind the spec caches (fused: the one-sync form used off the CPU)."""
+    from hnode_fast.backends.cpu import _same_values, _snapshot
+
+    ts = [torch.randn(3, 2, dtype=f64), torch.ones(4, dtype=torch.bool), torch.randn(5, dtype=f64)]
+    snap = _snapshot(ts)
+    assert _same_values(snap, ts, fused=fused)
+    ts[2].data[4] = torch.nextafter(ts[2][4], torch.tensor(float("inf"), dtype=f64))  # one ulp still counts
+    assert not _same_values(snap, ts, fused=fused)
+    ts[2].data[4] = snap[2][4]
+    ts[1].data[0] = False
+    assert not _same_values(snap, ts, fused=fused)
+    ts[1].data[0] = True
+    assert _same_values(snap, ts, fused=fused)
+    nan_snap = _snapshot([torch.tensor([float("nan")])])
+    assert not _same_values(nan_snap, [nan_snap[0].clone()], fused=fused)
+    assert not _same_values(snap, ts[:2], fused=fused)
+    assert not _same_values(snap, [ts[0], ts[1], ts[2].float()], fused=fused)

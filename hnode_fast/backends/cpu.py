@@ -456,17 +456,26 @@ def _snapshot(tensors: Sequence[Tensor]) -> Tuple[Tensor, ...]:
     return tuple(t.detach().clone() for t in tensors)
 
 
-def _same_values(snap: Sequence[Tensor], tensors: Sequence[Tensor]) -> bool:
-    """``tensors`` hold exactly the values of ``snap`` (same shapes, dtypes, devices, bits).
+def _same_values(snap: Sequence[Tensor], tensors: Sequence[Tensor], fused: Optional[bool] = None) -> bool:
+    """``tensors`` hold the values of ``snap`` (same shapes, dtypes, devices; equal elementwise,
+    NaN never equal, so a NaN parameter is never served from a cache).
 
     A by-value check: ``_version`` misses writes through ``.data`` (``p.data += 1`` does not bump
-    ``p._version``), after which a version-keyed cache would silently solve the old field."""
+    ``p._version``), after which a version-keyed cache would silently solve the old field.
+    ``fused`` (default: when any tensor is off the CPU) reduces all comparisons on the device and
+    synchronises once instead of once per tensor."""
     if len(snap) != len(tensors):
         return False
     for a, b in zip(snap, tensors):
-        if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or not torch.equal(a, b.detach()):
+        if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
             return False
-    return True
+    if not snap:
+        return True
+    if fused is None:
+        fused = any(b.device.type != "cpu" for b in tensors)
+    if fused:
+        return bool(torch.stack([(a == b.detach()).all() for a, b in zip(snap, tensors)]).all())
+    return all(torch.equal(a, b.detach()) for a, b in zip(snap, tensors))
 
 
 def _assume_constant_result(fn):
