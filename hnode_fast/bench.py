@@ -55,6 +55,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 
+from ._json import json_safe
 from .fields import HybridField, Linear, MaskedMLP, MassAction, MechanisticGraph
 from .solve import odeint
 
@@ -762,7 +763,8 @@ def write_results(
         fh.write(md + "\n")
     write_csv(rows, paths["csv"])
     with open(paths["json"], "w") as fh:
-        json.dump({"machine": info, "settings": settings or {}, "rows": _order(rows)}, fh, indent=1, default=str)
+        doc = {"machine": info, "settings": settings or {}, "rows": _order(rows)}
+        json.dump(json_safe(doc), fh, indent=1, default=str, allow_nan=False)  # NaN (e.g. no peak memory) -> null
     try:
         plot(rows, paths["png"])
     except ImportError:

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, TypedDict
 import torch
 
 from . import sparsity as sp
+from ._json import json_safe
 from .data import load_theoph
 from .fields import HybridField, Linear, MaskedMLP, MechanisticGraph
 from .train import Observe, evaluate, fit
@@ -215,7 +216,7 @@ def main(argv=None) -> int:
     if a.json:
         print(
             json.dumps(
-                _json_safe(
+                json_safe(
                     {
                         "hybrid_test_rmse": tab["hybrid"]["test_rmse"],
                         "mechanistic_test_rmse": tab["mechanistic"]["test_rmse"],
@@ -230,14 +231,3 @@ def main(argv=None) -> int:
             )
         )
     return 0
-
-
-def _json_safe(obj):
-    """``obj`` with NaN / inf floats replaced by ``None`` (strict JSON: ``NaN`` is not JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj

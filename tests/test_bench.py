@@ -128,6 +128,20 @@ def test_main_writes_reports(tmp_path):
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_results_json_is_strict(tmp_path):
+    """A row without peak memory (NaN, where /proc/self/clear_refs is missing) or with a failed
+    solve (inf error) is written as JSON null, not the non-JSON NaN / Infinity."""
+    row = {k: 1.0 for k in hb.CSV_FIELDS}
+    row.update(problem="mlp_small", B=1, mode="fwd", solver="torchdiffeq", peak_mb=float("nan"), max_err=float("inf"))
+    hb.write_results([row], {"cpu": "x"}, str(tmp_path))
+
+    def no_constants(name):
+        raise ValueError(f"non-JSON constant {name}")
+
+    js = json.loads((tmp_path / "bench.json").read_text(), parse_constant=no_constants)
+    assert js["rows"][0]["peak_mb"] is None and js["rows"][0]["max_err"] is None and js["rows"][0]["ms"] == 1.0
+
+
 def test_main_rejects_unknown_names(tmp_path):
     with pytest.raises(SystemExit):
         hb.main(["--problems", "nope", "--out", str(tmp_path)])
