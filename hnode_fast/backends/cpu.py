@@ -539,23 +539,23 @@ def _spec_for(field, checks: Optional[list] = None) -> FieldSpec:
             return field.compile()
         st = _structure_for(field)
         return FieldSpec(st.ints, gather_params(st, field.mech, mlp))
-    # no gradient: reuse the last spec while every parameter and buffer holds the same values
-    # (compared by value: see _same_values); cache[2] keeps the tensors alive, so ids are not reused
+    # no gradient: reuse the last spec while the field has the same parameter and buffer tensors
+    # holding the same values (compared by value: see _same_values)
     cache = field.__dict__.get("_hnode_cpu_spec_cache")
     if (
         cache is not None
-        and len(cache[0]) == len(tensors)
-        and all(i == id(p) for i, p in zip(cache[0], tensors))
-        and _same_values(cache[3], tensors)
+        and len(cache[1]) == len(tensors)
+        and all(a is b for a, b in zip(cache[1], tensors))
+        and _same_values(cache[2], tensors)
     ):
-        return cache[1]
+        return cache[0]
     mlp = field.nn
     if mlp is not None and mlp.gates is not None:
         spec = field.compile().detach()
     else:
         st = _structure_for(field)
         spec = FieldSpec(st.ints, gather_params(st, field.mech, mlp).detach())
-    object.__setattr__(field, "_hnode_cpu_spec_cache", (tuple(id(p) for p in tensors), spec, tuple(tensors), _snapshot(tensors)))
+    object.__setattr__(field, "_hnode_cpu_spec_cache", (spec, tuple(tensors), _snapshot(tensors)))
     return spec
 
 
