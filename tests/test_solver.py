@@ -119,11 +119,16 @@ def test_per_trajectory_time_grids_equal_separate_solves(backend, seed):
     t = torch.stack(
         [torch.linspace(0, 2, 5, dtype=f64), torch.linspace(0.5, 4, 5, dtype=f64), torch.tensor([0.0, 0.1, 0.2, 3.0, 3.5], dtype=f64)]
     )
+    # The compiled backends solve each trajectory alone: bitwise batch-invariant. The reference
+    # evaluates the field with batched torch ops, which are not (exp/log/matmul differ by ~1 ulp
+    # between a batch of 3 and of 1); over a 15-step solve that grows to 1.6e-12 relative
+    # (seed 400910361; worst of 150 other seeds 1.2e-12). Step counts must match exactly either way.
+    tol = dict(rtol=0, atol=0) if backend != "reference" else dict(rtol=1e-11, atol=1e-13)
     with torch.no_grad():
         y, st = hf.odeint(f, y0, t, backend=backend, return_stats=True)
         for b in range(3):
             yb, sb = hf.odeint(f, y0[b : b + 1], t[b], backend=backend, return_stats=True)
-            torch.testing.assert_close(y[:, b], yb[:, 0], rtol=1e-13, atol=1e-15)
+            torch.testing.assert_close(y[:, b], yb[:, 0], **tol)
             assert int(st.n_steps[b]) == int(sb.n_steps[0])
             assert int(st.nfe[b]) == int(sb.nfe[0])
 
