@@ -13,7 +13,7 @@ from hnode_fast import backends
 from hnode_fast.bench import mlp_field
 
 
-def random_field(*args, **kwargs):
+def _conftest():
     # tests/conftest.py loaded by path: the bare name `conftest` can resolve to
     # tests/triton/conftest.py here and in the processes the DDP tests spawn
     import importlib.util
@@ -23,7 +23,11 @@ def random_field(*args, **kwargs):
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.random_field(*args, **kwargs)
+    return mod
+
+
+def random_field(*args, **kwargs):
+    return _conftest().random_field(*args, **kwargs)
 
 
 f64 = torch.float64
@@ -52,8 +56,9 @@ needs_cpu = pytest.mark.skipif("cpu" not in backends.available(), reason="needs 
 
 
 def hybrid_field(n_inputs=0):
-    """Mechanistic terms + a masked MLP (CSR layer and constant units included)."""
-    f = random_field(D=3, hidden=(8, 6), n_inputs=n_inputs, mask_density=0.45)
+    """Mechanistic terms + a masked MLP (CSR layer and constant units included); smooth Hill
+    exponents (see assert_grads_close)."""
+    f = random_field(D=3, hidden=(8, 6), n_inputs=n_inputs, mask_density=0.45, hill_n=_conftest().SMOOTH_HILL)
     f.mech.set_term_mask(torch.arange(f.mech.n_terms) % 4 != 1)
     return f
 
@@ -68,11 +73,18 @@ def grads(out, inputs):
 
 
 def assert_grads_close(a, b):
+    """Compiled vs eager gradients. Not bitwise: the compiled graph folds the constant units'
+    biases (spec.gather_params) with inductor's own matmul and tanh, which may round the last
+    bit differently from eager (and differently on another CPU), and the adaptive solve
+    amplifies that. Measured (1-ulp perturbation of every parameter, 26 seeds, rtol 1e-8): up
+    to 1.1e-11 relative with smooth Hill terms; up to 6e-8 with Hill exponent 1.5, whose
+    Jacobian is not Lipschitz at 0 (a CI failure at 4.9e-12 with rtol 1e-12, seed 599047233).
+    A wrong gradient, a graph break or a stale spec is off by far more than 1e-10."""
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert (x is None) == (y is None)
         if x is not None:
-            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-13)
 
 
 @needs_cpu
@@ -93,7 +105,7 @@ def test_compile_fullgraph_hybrid_field(adjoint, seed):
     cfn = compiled(loss)  # fullgraph=True: any graph break is an error
     for _ in range(2):  # the second call reuses the compiled graph
         c = cfn(y0)
-        torch.testing.assert_close(c, e, rtol=1e-13, atol=0)
+        torch.testing.assert_close(c, e, rtol=1e-12, atol=0)
         assert_grads_close(grads(c, [y0] + params), ge)
     ex = torch._dynamo.explain(loss)(y0)
     assert ex.graph_count == 1 and ex.graph_break_count == 0, ex.break_reasons
@@ -121,7 +133,7 @@ def test_compile_fullgraph_events_inputs_stats(seed):
     e, nfe_e = loss(y0)
     ge = grads(e, [y0, amounts] + params)
     c, nfe_c = compiled(loss)(y0)
-    torch.testing.assert_close(c, e, rtol=1e-13, atol=0)
+    torch.testing.assert_close(c, e, rtol=1e-12, atol=0)
     assert torch.equal(nfe_c, nfe_e)
     assert_grads_close(grads(c, [y0, amounts] + params), ge)
 
