@@ -4,9 +4,13 @@
 #include <pybind11/stl.h>
 
 #include <cctype>
+#include <cstdint>
+#include <stdexcept>
+#include <tuple>
 #include <string>
 #include <vector>
 
+#include "hnode/checks.h"
 #include "hnode/tableau.h"
 
 namespace py = pybind11;
@@ -107,6 +111,49 @@ py::dict dopri5_tableau() {
   return d;
 }
 
+// Items (ptr, n, kind), kind 0 = float32, 1 = float64: index of the first item holding NaN or
+// inf, -1 when all are finite.
+long long first_nonfinite(const std::vector<std::tuple<std::uintptr_t, long long, int>>& items) {
+  for (size_t i = 0; i < items.size(); ++i) {
+    const std::uintptr_t p = std::get<0>(items[i]);
+    const long long n = std::get<1>(items[i]);
+    const int kind = std::get<2>(items[i]);
+    bool ok;
+    if (kind == 1) {
+      ok = hnode::checks::all_finite(reinterpret_cast<const double*>(p), n);
+    } else if (kind == 0) {
+      ok = hnode::checks::all_finite(reinterpret_cast<const float*>(p), n);
+    } else {
+      throw std::invalid_argument("first_nonfinite: kind must be 0 (float32) or 1 (float64)");
+    }
+    if (!ok) return (long long)i;
+  }
+  return -1;
+}
+
+bool rows_increasing(std::uintptr_t p, long long B, long long T) {
+  return hnode::checks::rows_increasing(reinterpret_cast<const double*>(p), B, T);
+}
+
+// pairs of (a, b, n, kind): all equal (see hnode/checks.h)
+bool all_equal(const std::vector<std::tuple<std::uintptr_t, std::uintptr_t, long long, int>>& pairs) {
+  for (const auto& q : pairs) {
+    const std::uintptr_t a = std::get<0>(q), b = std::get<1>(q);
+    const long long n = std::get<2>(q);
+    const int kind = std::get<3>(q);
+    bool ok;
+    if (kind == 1) {
+      ok = hnode::checks::equal_values(reinterpret_cast<const double*>(a), reinterpret_cast<const double*>(b), n);
+    } else if (kind == 0) {
+      ok = hnode::checks::equal_values(reinterpret_cast<const float*>(a), reinterpret_cast<const float*>(b), n);
+    } else {
+      ok = hnode::checks::equal_bytes(reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(b), n);
+    }
+    if (!ok) return false;
+  }
+  return true;
+}
+
 int cuda_device_count() {
 #if HNODE_WITH_CUDA
   return hnode::cuda::device_count();
@@ -127,6 +174,14 @@ PYBIND11_MODULE(_C, m) {
         "shapes: C (6), A (6x5), B (6), E (7), P (7x4), as nested lists of floats.");
   m.def("cuda_device_count", &cuda_device_count,
         "Number of visible CUDA devices; 0 if not compiled with CUDA or no driver/device.");
+  m.def("first_nonfinite", &first_nonfinite, py::arg("items"),
+        "Items (ptr, n, kind) of n contiguous host values, kind 0 = float32, 1 = float64: index "
+        "of the first holding NaN or inf, -1 when none does.");
+  m.def("rows_increasing", &rows_increasing, py::arg("ptr"), py::arg("B"), py::arg("T"),
+        "Each of B contiguous rows of T host float64 values is strictly increasing (NaN: false).");
+  m.def("all_equal", &all_equal, py::arg("pairs"),
+        "For each (a, b, n, kind): n host values at a equal those at b; kind 0 = float32, "
+        "1 = float64 (by value: NaN never equal), 2 = other (n bytes compared).");
   hnode::register_cpu(m);
 #if HNODE_WITH_CUDA
   hnode::register_cuda(m);

@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from . import _hostcheck
 from .events import Events, Inputs
 from .fields.hybrid import HybridField
 from .reference.engine import Stats
@@ -52,29 +53,26 @@ class Problem:
                 raise ValueError(msg)
 
 
-def _check_finite_params(func, deferred: Optional[list] = None) -> None:
+def _check_finite_params(func, deferred: Optional[list] = None, params: Optional[List[torch.Tensor]] = None) -> None:
     """ValueError naming the first parameter of ``func`` holding NaN or inf.
 
-    Eager: one fused check over all parameters (the per-parameter loop only runs to name the
-    culprit). It runs on every call: a cache keyed on tensor versions would miss writes through
-    ``p.data``, which do not bump ``p._version``. Under torch.compile: one deferred graph check
-    per parameter.
+    Eager: one pass over all parameters in one call (``_hostcheck.first_nonfinite``; ``params``:
+    ``func``'s parameters if already listed); the names are only looked up to name the culprit. It runs on every call: a
+    cache keyed on tensor versions would miss writes through ``p.data``, which do not bump
+    ``p._version``. Under torch.compile: one deferred graph check per parameter.
     """
     if not isinstance(func, torch.nn.Module):
         return
-    named = list(func.named_parameters())
     if deferred is not None:
-        for name, p in named:
+        for name, p in func.named_parameters():
             deferred.append((torch.isfinite(p.detach()).all(), f"parameter {name!r} of func contains NaN or inf"))
         return
-    if not named:
-        return
-    flat = [p.detach().reshape(-1) for _, p in named]
-    one_device = all(t.device == flat[0].device for t in flat)
-    if not one_device or not bool(torch.isfinite(torch.cat(flat) if len(flat) > 1 else flat[0]).all()):
-        for name, p in named:
-            if not torch.isfinite(p.detach()).all():
-                raise ValueError(f"parameter {name!r} of func contains NaN or inf")
+    if params is None:
+        params = _hostcheck.module_tensors(func)[0]
+    i = _hostcheck.first_nonfinite(params)
+    if i >= 0:
+        name = next((n for n, p in func.named_parameters() if p is params[i]), "?")
+        raise ValueError(f"parameter {name!r} of func contains NaN or inf")
 
 
 def _traced_inputs(inputs: Inputs, B: int, K: int) -> Inputs:
@@ -148,7 +146,7 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
     deferred: Optional[list] = [] if torch.compiler.is_compiling() else None
     if deferred is not None:
         deferred.append((torch.isfinite(y0.detach()).all(), "y0 contains NaN or inf"))
-    elif not torch.isfinite(y0.detach()).all():
+    elif not _hostcheck.all_finite(y0):
         raise ValueError("y0 contains NaN or inf")
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(t)
@@ -165,9 +163,9 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
         if tt.shape[-1] > 1:
             deferred.append(((tt[..., 1:] > tt[..., :-1]).all(), msg_inc))
     else:
-        if not torch.isfinite(tt).all():
+        if not _hostcheck.all_finite(tt):
             raise ValueError("t contains NaN or inf")
-        if tt.shape[-1] > 1 and not (tt[..., 1:] > tt[..., :-1]).all():
+        if tt.shape[-1] > 1 and not _hostcheck.rows_increasing(tt):
             raise ValueError(msg_inc)
     squeeze = y0.dim() == 1 and tt.dim() == 1
     D = y0.shape[-1]
@@ -186,11 +184,13 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
         elif not bool((out_t == out_t[:1]).all()):
             raise ValueError(msg_sh)
     field_like = isinstance(func, HybridField)
-    _check_finite_params(func, deferred)
+    # eager: the parameters listed once, for the finite check and the dtype/device checks
+    params = _hostcheck.module_tensors(func)[0] if deferred is None and isinstance(func, torch.nn.Module) else None
+    _check_finite_params(func, deferred, params)
     if field_like:
         if D != func.n_states:
             raise ValueError(f"y0 has {D} states but the field has D={func.n_states}")
-        p = next(iter(func.parameters()), None)
+        p = (params[0] if params else None) if params is not None else next(iter(func.parameters()), None)
         if p is not None and p.dtype != y0.dtype:
             raise ValueError(
                 f"y0 dtype {y0.dtype} differs from the field's parameters ({p.dtype}); convert one of them (e.g. field.to({y0.dtype}))"

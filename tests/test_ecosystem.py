@@ -161,8 +161,7 @@ def test_compile_fullgraph_l0_gates_edge_weights(mode, seed):
     ge = grads(e, [y0] + params)
     c = compiled(loss)(y0)
     torch.testing.assert_close(c, e, rtol=1e-12, atol=0)
-    for x, y in zip(grads(c, [y0] + params), ge):
-        torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-13)
+    assert_grads_close(grads(c, [y0] + params), ge)  # the gates' sigmoid is inductor's here too
 
 
 @needs_cpu

@@ -40,7 +40,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _hostcheck, _native
 from ..fields.spec import FieldSpec, SpecStructure, gather_params, spec_structure, structure_matches
 from ..reference.engine import Stats
 from ..reference.problem import build_stops
@@ -139,10 +139,12 @@ def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_ste
         ("in_t", in_t),
         ("in_v", in_v),
     ):
-        need(x.device.type == "cpu", f"{name} must be a CPU tensor")
+        if not x.is_cpu:  # (x.device.type costs ~1 us per tensor)
+            need(False, f"{name} must be a CPU tensor")
     need(ints.dim() == 1 and ints.dtype == torch.int32 and ints.numel() >= 12, "ints must be a FieldSpec int32 table")
     need(params.dim() == 1 and params.dtype == y0.dtype, "params must be 1-D with y0's dtype")
-    need(int(ints[1]) == D and int(ints[10]) == params.numel(), "ints/params do not match y0 (D) or each other (P)")
+    hdr = ints[:12].tolist()  # one read of the header (each int(ints[i]) is a torch op)
+    need(hdr[1] == D and hdr[10] == params.numel(), "ints/params do not match y0 (D) or each other (P)")
     need(out_t.dim() == 2 and out_t.shape[0] == B and out_t.shape[1] >= 1 and out_t.dtype == torch.float64, "out_t must be float64 (B, T)")
     need(stops.dim() == 2 and stops.shape[0] == B and stops.dtype == torch.float64, "stops must be float64 (B, S)")
     need(ev_t.dim() == 2 and ev_t.shape[0] == B and ev_t.dtype == torch.float64, "ev_t must be float64 (B, E)")
@@ -150,7 +152,7 @@ def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_ste
     need(ev_a.shape == ev_t.shape and ev_a.dtype == y0.dtype, "ev_a must have ev_t's shape and y0's dtype")
     if ev_s.numel():
         need(bool(((ev_s >= 0) & (ev_s < D)).all()), "ev_s must hold state indices in [0, D)")
-    K = int(ints[2])
+    K = hdr[2]
     need(in_t.dim() == 2 and in_t.shape[0] == B and in_t.dtype == torch.float64, "in_t must be float64 (B, J)")
     need(
         in_v.dim() == 3 and in_v.shape[:2] == in_t.shape and in_v.dtype == y0.dtype and (in_v.shape[2] == K or in_t.shape[1] == 0),
@@ -172,15 +174,34 @@ def _raise_failed_checks(checks: Optional[Tensor], check_msgs: str) -> None:
 
 
 def _cpu_solve_impl(
-    ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, ckpt_cap=0, checks=None, check_msgs=""
+    ints,
+    params,
+    y0,
+    out_t,
+    stops,
+    ev_t,
+    ev_s,
+    ev_a,
+    in_t,
+    in_v,
+    rtol,
+    atol,
+    max_steps,
+    n_threads,
+    ckpt_cap=0,
+    checks=None,
+    check_msgs="",
+    with_ck=True,
 ):
+    """The op's body: ``(y, stats, ck_t, ck_tn, ck_y, ck_jump, ck_n)``; ``(y, stats)`` when
+    ``with_ck`` is False (the no-gradient call, which skips the dispatcher)."""
     _raise_failed_checks(checks, check_msgs)
     _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
     ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _contig(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
     B, D = y0.shape
     y = torch.empty(out_t.shape[1], B, D, dtype=y0.dtype)
     stats = torch.empty(B, 4, dtype=torch.int64)
-    ck = _ck_empty(B, D, max(int(ckpt_cap), 0), y0.dtype)
+    ck = _ck_empty(B, D, max(int(ckpt_cap), 0), y0.dtype) if with_ck or ckpt_cap > 0 else ()
     if B > 0:
         a = _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
         if ckpt_cap > 0:
@@ -224,8 +245,7 @@ def _(
     )
 
 
-@torch.library.custom_op("hnode_fast::cpu_solve_backward", mutates_args=())
-def cpu_solve_backward(
+def _cpu_solve_backward_impl(
     grad_y: Tensor,
     ints: Tensor,
     params: Tensor,
@@ -247,6 +267,7 @@ def cpu_solve_backward(
     ck_jump: Tensor,
     ck_n: Tensor,
 ) -> Tuple[Tensor, Tensor, Tensor]:
+    """The body of the ``cpu_solve_backward`` op: ``(grad_params, grad_y0, grad_amounts)``."""
     _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
     if grad_y.shape != (out_t.shape[1],) + tuple(y0.shape) or grad_y.dtype != y0.dtype:
         raise ValueError("hnode_fast::cpu_solve_backward: grad_y must be (T, B, D) with y0's dtype")
@@ -278,6 +299,33 @@ def cpu_solve_backward(
     return gp, gy0, gev.to(ev_a.dtype)
 
 
+@torch.library.custom_op("hnode_fast::cpu_solve_backward", mutates_args=())
+def cpu_solve_backward(
+    grad_y: Tensor,
+    ints: Tensor,
+    params: Tensor,
+    y0: Tensor,
+    out_t: Tensor,
+    stops: Tensor,
+    ev_t: Tensor,
+    ev_s: Tensor,
+    ev_a: Tensor,
+    in_t: Tensor,
+    in_v: Tensor,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    n_threads: int,
+    ck_t: Tensor,
+    ck_tn: Tensor,
+    ck_y: Tensor,
+    ck_jump: Tensor,
+    ck_n: Tensor,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    args = (grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
+    return _cpu_solve_backward_impl(*args, ck_t, ck_tn, ck_y, ck_jump, ck_n)
+
+
 @cpu_solve_backward.register_fake
 def _(
     grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, ck_t, ck_tn, ck_y, ck_jump, ck_n
@@ -304,8 +352,7 @@ def _backward(ctx, grad_y, *unused):
 cpu_solve.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("hnode_fast::cpu_solve_backsolve", mutates_args=())
-def cpu_solve_backsolve(
+def _cpu_solve_backsolve_impl(
     grad_y: Tensor,
     ints: Tensor,
     params: Tensor,
@@ -349,9 +396,62 @@ def cpu_solve_backsolve(
     return gp, gy0, bst
 
 
+@torch.library.custom_op("hnode_fast::cpu_solve_backsolve", mutates_args=())
+def cpu_solve_backsolve(
+    grad_y: Tensor,
+    ints: Tensor,
+    params: Tensor,
+    y0: Tensor,
+    out_t: Tensor,
+    stops: Tensor,
+    ev_t: Tensor,
+    ev_s: Tensor,
+    ev_a: Tensor,
+    in_t: Tensor,
+    in_v: Tensor,
+    y_end: Tensor,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    n_threads: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Continuous adjoint (see ``_cpu_solve_backsolve_impl``)."""
+    return _cpu_solve_backsolve_impl(
+        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end, rtol, atol, max_steps, n_threads
+    )
+
+
 @cpu_solve_backsolve.register_fake
 def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end, rtol, atol, max_steps, n_threads):
     return params.new_empty(params.shape), y0.new_empty(y0.shape), y0.new_empty(y0.shape[0], 4, dtype=torch.int64)
+
+
+class _Discrete(torch.autograd.Function):
+    """Eager twin of the ``cpu_solve`` op with its registered autograd (discrete adjoint): the
+    same bodies (``_cpu_solve_impl`` with checkpoints, ``_cpu_solve_backward_impl``) called
+    without the dispatcher and torch.library's autograd wrapper, which cost more than the
+    kernels at small batch (batch 1, D=8: ~0.4 ms per forward+backward, measured). Under
+    torch.compile ``solve`` uses the op, whose fake implementation the tracer needs."""
+
+    @staticmethod
+    def forward(ctx, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, cap):
+        outs = _cpu_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, cap)
+        y, st = outs[:2]
+        ctx.save_for_backward(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, *outs[2:])
+        ctx.scalars = (rtol, atol, max_steps, n_threads)
+        ctx.mark_non_differentiable(st)
+        return y, st
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, _grad_st):
+        saved = ctx.saved_tensors
+        y0, out_t = saved[2], saved[3]
+        if grad_y is None:
+            grad_y = torch.zeros(out_t.shape[1], y0.shape[0], y0.shape[1], dtype=y0.dtype)
+        gp, gy0, gev = _cpu_solve_backward_impl(grad_y, *saved[:10], *ctx.scalars, *saved[10:])
+        n = ctx.needs_input_grad
+        return (None, gp if n[1] else None, gy0 if n[2] else None, None, None, None, None, gev if n[7] else None) + (None,) * 7
 
 
 class _Backsolve(torch.autograd.Function):
@@ -362,9 +462,9 @@ class _Backsolve(torch.autograd.Function):
     def forward(
         ctx, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, checks=None, check_msgs=""
     ):
-        y, st = torch.ops.hnode_fast.cpu_solve(
-            ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, 0, checks, check_msgs
-        )[:2]
+        fwd = torch.ops.hnode_fast.cpu_solve if torch.compiler.is_compiling() else _cpu_solve_impl  # eager: no dispatcher
+        args = (ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
+        y, st = fwd(*args, 0, checks, check_msgs)[:2]
         ctx.save_for_backward(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y)
         ctx.scalars = (rtol, atol, max_steps, n_threads)
         ctx.mark_non_differentiable(st)
@@ -374,9 +474,8 @@ class _Backsolve(torch.autograd.Function):
     def backward(ctx, grad_y, _grad_st):
         ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y = ctx.saved_tensors
         grad_y = torch.nan_to_num(grad_y, nan=0.0)  # no output beyond a failure (as the reference)
-        gp, gy0, bst = torch.ops.hnode_fast.cpu_solve_backsolve(
-            grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y[-1], *ctx.scalars
-        )
+        bwd = torch.ops.hnode_fast.cpu_solve_backsolve if torch.compiler.is_compiling() else _cpu_solve_backsolve_impl
+        gp, gy0, bst = bwd(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y[-1], *ctx.scalars)
         if not torch.compiler.is_compiling() and bool((bst[:, 3] != 0).any()):
             warnings.warn(
                 "backsolve adjoint: the backward solve failed for some trajectories "
@@ -394,16 +493,16 @@ def problem_tensors(prob, spec):
     out_t = prob.out_t.to(torch.float64).contiguous()
     stops = build_stops(out_t, prob.events, prob.inputs)
     if stops is None:
-        stops = torch.zeros(B, 0, dtype=torch.float64)
+        stops = _nothing(B, torch.float64)
     if prob.events is not None:
         ev = prob.events
         ev_t = ev.times.to(torch.float64).contiguous()
         ev_s = ev.states.to(torch.int32).contiguous()
         ev_a = ev.amounts.to(dtype)
     else:
-        ev_t = torch.zeros(B, 0, dtype=torch.float64)
-        ev_s = torch.zeros(B, 0, dtype=torch.int32)
-        ev_a = torch.zeros(B, 0, dtype=dtype)
+        ev_t = _nothing(B, torch.float64)
+        ev_s = _nothing(B, torch.int32)
+        ev_a = _nothing(B, dtype)
     if prob.inputs is not None:
         inp = prob.inputs
         if inp.values.requires_grad and torch.is_grad_enabled():
@@ -411,9 +510,28 @@ def problem_tensors(prob, spec):
         in_t = inp.times.to(torch.float64).contiguous()
         in_v = inp.values.detach().to(dtype).contiguous()
     else:
-        in_t = torch.zeros(B, 0, dtype=torch.float64)
-        in_v = torch.zeros(B, 0, max(prob.func.n_inputs if prob.field_like else spec.n_inputs, 0), dtype=dtype)
+        in_t = _nothing(B, torch.float64)
+        in_v = _nothing(B, dtype, max(prob.func.n_inputs if prob.field_like else spec.n_inputs, 0))
     return out_t, stops, ev_t, ev_s, ev_a, in_t, in_v
+
+
+_NOTHING: dict = {}
+
+
+def _nothing(B: int, dtype: torch.dtype, K: Optional[int] = None) -> Tensor:
+    """A zero-size CPU tensor ``(B, 0)`` (``(B, 0, K)`` with ``K``): no events, inputs or stops.
+
+    Shared between calls (it holds no values, so nothing can be written to it; creating one is
+    a few microseconds, several per call at batch 1). Under torch.compile a fresh one."""
+    if torch.compiler.is_compiling():
+        return torch.zeros((B, 0) if K is None else (B, 0, K), dtype=dtype)
+    key = (B, dtype, K)
+    t = _NOTHING.get(key)
+    if t is None:
+        if len(_NOTHING) > 64:
+            _NOTHING.clear()
+        t = _NOTHING[key] = torch.zeros((B, 0) if K is None else (B, 0, K), dtype=dtype)
+    return t
 
 
 def _structure_refs(field) -> List[Tensor]:
@@ -475,6 +593,9 @@ def _same_values(snap: Sequence[Tensor], tensors: Sequence[Tensor], fused: Optio
         fused = any(b.device.type != "cpu" for b in tensors)
     if fused:
         return bool(torch.stack([(a == b.detach()).all() for a, b in zip(snap, tensors)]).all())
+    same = _hostcheck.all_equal(snap, tensors)  # one call into _C for host float/int/bool tensors
+    if same is not None:
+        return same
     return all(torch.equal(a, b.detach()) for a, b in zip(snap, tensors))
 
 
@@ -532,7 +653,8 @@ def _spec_for(field, checks: Optional[list] = None) -> FieldSpec:
         elif not bool(ok):
             raise RuntimeError(_STRUCTURE_CHANGED)
         return FieldSpec(st.ints, gather_params(st, field.mech, mlp))
-    tensors = list(field.parameters()) + list(field.buffers())
+    ps, bs = _hostcheck.module_tensors(field)
+    tensors = ps + bs
     if torch.is_grad_enabled() and any(p.requires_grad for p in tensors):
         mlp = field.nn
         if mlp is not None and mlp.gates is not None:
@@ -615,10 +737,14 @@ def solve(prob):
         B, D = prob.y0.shape
         per = B * (D * prob.y0.element_size() + 17)
         cap = int(min(prob.max_steps, 128, max(8, (64 << 20) // max(per, 1))))
-        y, st = torch.ops.hnode_fast.cpu_solve(*args, cap, chk, msgs)[:2]
+        if compiling:
+            y, st = torch.ops.hnode_fast.cpu_solve(*args, cap, chk, msgs)[:2]
+        else:
+            y, st = _Discrete.apply(*args, cap)
     else:  # nothing to differentiate and not tracing: skip the dispatcher (tens of us per call)
-        y, st = _cpu_solve_impl(*args)[:2]
-    stats = Stats(n_steps=st[:, 0], n_rejected=st[:, 1], nfe=st[:, 2], status=st[:, 3], step_times=None)
+        y, st = _cpu_solve_impl(*args, with_ck=False)[:2]
+    n_steps, n_rejected, nfe, status = st.unbind(1)
+    stats = Stats(n_steps=n_steps, n_rejected=n_rejected, nfe=nfe, status=status, step_times=None)
     return y, stats
 
 
