@@ -460,6 +460,21 @@ def test_parameter_gradients_repeatable(adjoint, seed):
         torch.set_num_threads(n)
 
 
+@pytest.mark.parametrize("adjoint", ["discrete", "backsolve"])
+def test_inference_mode_then_gradients(adjoint):
+    """A first solve under torch.inference_mode, then one with gradients: nothing cached by the
+    first (spec, zero-size tensors) may be an inference tensor that autograd refuses to save."""
+    f = random_field(D=3, hidden=(5,), hill_n=SMOOTH_HILL)
+    y0 = torch.rand(4, 3, dtype=f64)
+    t = torch.linspace(0, 1, 3, dtype=f64)
+    with torch.inference_mode():
+        y_inf = hf.odeint(f, y0, t, backend="cpu")
+    g = _bs_grads(f, y0, t, torch.ones(3, 4, 3, dtype=f64), "cpu", adjoint=adjoint)
+    assert all(x is None or torch.isfinite(x).all() for x in g)
+    with torch.no_grad():
+        assert torch.equal(hf.odeint(f, y0, t, backend="cpu"), y_inf)
+
+
 def test_backsolve_failed_forward_like_reference():
     # row 0 blows up (status != 0): its outputs after the failure are NaN, their gradient is
     # treated as 0 and the backward starts from the state where the forward stopped

@@ -530,7 +530,8 @@ def _nothing(B: int, dtype: torch.dtype, K: Optional[int] = None) -> Tensor:
     if t is None:
         if len(_NOTHING) > 64:
             _NOTHING.clear()
-        t = _NOTHING[key] = torch.zeros((B, 0) if K is None else (B, 0, K), dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor even if made under inference_mode
+            t = _NOTHING[key] = torch.zeros((B, 0) if K is None else (B, 0, K), dtype=dtype)
     return t
 
 
@@ -564,7 +565,8 @@ def _structure_for(field) -> SpecStructure:
         and _same_values(cache[2], refs)
     ):
         return cache[3]
-    st = spec_structure(field.mech, field.nn, field.n_states, field.n_inputs, field.nn_uses_inputs)
+    with torch.inference_mode(False):  # cached: its index tensors may later be saved for backward
+        st = spec_structure(field.mech, field.nn, field.n_states, field.n_inputs, field.nn_uses_inputs)
     object.__setattr__(field, "_hnode_structure_cache", (cfg, tuple(refs), _snapshot(refs), st))
     return st
 
