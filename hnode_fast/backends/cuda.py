@@ -109,6 +109,7 @@ class _MetaCPU:
         self._t = t
 
     device = torch.device("cpu")
+    is_cpu = True  # cpu._check tests this (cheaper than device.type)
 
     @property
     def shape(self):
