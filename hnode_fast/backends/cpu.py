@@ -299,31 +299,8 @@ def _cpu_solve_backward_impl(
     return gp, gy0, gev.to(ev_a.dtype)
 
 
-@torch.library.custom_op("hnode_fast::cpu_solve_backward", mutates_args=())
-def cpu_solve_backward(
-    grad_y: Tensor,
-    ints: Tensor,
-    params: Tensor,
-    y0: Tensor,
-    out_t: Tensor,
-    stops: Tensor,
-    ev_t: Tensor,
-    ev_s: Tensor,
-    ev_a: Tensor,
-    in_t: Tensor,
-    in_v: Tensor,
-    rtol: float,
-    atol: float,
-    max_steps: int,
-    n_threads: int,
-    ck_t: Tensor,
-    ck_tn: Tensor,
-    ck_y: Tensor,
-    ck_jump: Tensor,
-    ck_n: Tensor,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    args = (grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
-    return _cpu_solve_backward_impl(*args, ck_t, ck_tn, ck_y, ck_jump, ck_n)
+# the op is the body itself (same signature; eager callers call _cpu_solve_backward_impl directly)
+cpu_solve_backward = torch.library.custom_op("hnode_fast::cpu_solve_backward", _cpu_solve_backward_impl, mutates_args=())
 
 
 @cpu_solve_backward.register_fake
@@ -396,29 +373,8 @@ def _cpu_solve_backsolve_impl(
     return gp, gy0, bst
 
 
-@torch.library.custom_op("hnode_fast::cpu_solve_backsolve", mutates_args=())
-def cpu_solve_backsolve(
-    grad_y: Tensor,
-    ints: Tensor,
-    params: Tensor,
-    y0: Tensor,
-    out_t: Tensor,
-    stops: Tensor,
-    ev_t: Tensor,
-    ev_s: Tensor,
-    ev_a: Tensor,
-    in_t: Tensor,
-    in_v: Tensor,
-    y_end: Tensor,
-    rtol: float,
-    atol: float,
-    max_steps: int,
-    n_threads: int,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Continuous adjoint (see ``_cpu_solve_backsolve_impl``)."""
-    return _cpu_solve_backsolve_impl(
-        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end, rtol, atol, max_steps, n_threads
-    )
+# the op is the body itself (same signature; eager callers call _cpu_solve_backsolve_impl directly)
+cpu_solve_backsolve = torch.library.custom_op("hnode_fast::cpu_solve_backsolve", _cpu_solve_backsolve_impl, mutates_args=())
 
 
 @cpu_solve_backsolve.register_fake
