@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import SMOOTH_HILL, random_field
+from conftest import ROUGH_HILL, SMOOTH_HILL, random_field
 from torch.func import functional_call
 
 import hnode_fast as hf
@@ -39,8 +39,10 @@ def test_gradcheck(adjoint, wrt, backend, seed):
         if not backends.supports(backend, adjoint="backsolve"):
             pytest.skip(f"backend {backend} has no backsolve adjoint in this build")
     # the continuous adjoint approximates the exact solution's gradient: it needs a field whose
-    # Jacobian is Lipschitz along the trajectory to agree with differences of the computed one
-    f, t, y0 = small_problem(**({"hill_n": SMOOTH_HILL} if adjoint == "backsolve" else {}))
+    # Jacobian is Lipschitz along the trajectory to agree with differences of the computed one;
+    # the discrete adjoint is the computed solution's exact gradient, so it also takes the
+    # non-smooth Hill exponent
+    f, t, y0 = small_problem(hill_n=SMOOTH_HILL if adjoint == "backsolve" else ROUGH_HILL)
     model = Solve(f, t, adjoint=adjoint, backend=backend)
     if wrt == "y0":
         assert torch.autograd.gradcheck(lambda y: model(y), (y0,), eps=1e-6, atol=1e-5, rtol=1e-4)
@@ -79,19 +81,32 @@ def _grads(f, y0, t, backend, adjoint="discrete", **kw):
     return torch.autograd.grad(loss, [y0] + params, allow_unused=True)
 
 
-def test_backend_gradients_equal_reference_autograd(backend, seed):
-    f = random_field(D=3, hidden=(6, 5), mask_density=0.7, n_inputs=1, nn_inputs=True)
+# (rtol of the solution, rtol of the gradients). Rough: where a state crosses 0 the Hill term
+# max(z, 0)**1.5 has d2f/dz2 ~ z**-0.5, so the two implementations' ~1e-16 rounding differences
+# grow: 1.4e-12 in the solution and 8.9e-9 in the y0 gradient measured on CI seed 1177352614
+# (3e-16 and 1.2e-12 with the smooth exponents on the same seed). The Jacobian there moves like
+# sqrt of the state difference, so gradients get rtol 1e-6; a wrong adjoint is off by O(1).
+HILL_CASES = {"smooth": (SMOOTH_HILL, 1e-13, 1e-11), "rough": (ROUGH_HILL, 1e-10, 1e-6)}
+
+
+@pytest.mark.parametrize("hill", list(HILL_CASES))
+def test_backend_gradients_equal_reference_autograd(backend, hill, seed):
+    hill_n, y_rtol, g_rtol = HILL_CASES[hill]
+    f = random_field(D=3, hidden=(6, 5), mask_density=0.7, n_inputs=1, nn_inputs=True, hill_n=hill_n)
     y0 = torch.rand(4, 3, dtype=f64, requires_grad=True)
     t = torch.linspace(0, 2, 5, dtype=f64)
     ev = hf.Events(times=[[0.7, float("inf")]] * 4, states=[[1, 0]] * 4, amounts=torch.tensor([[0.5, 0.0]] * 4, dtype=f64))
     inp = hf.Inputs(times=[[0.0, 1.3]] * 4, values=torch.tensor([[[1.0], [0.2]]] * 4, dtype=f64))
+    kw = dict(events=ev, inputs=inp, **TOL)
+    y = hf.odeint(f, y0, t, backend=backend, **kw)
+    torch.testing.assert_close(y, hf.odeint(f, y0, t, backend="reference", **kw), rtol=y_rtol, atol=y_rtol)
     g = _grads(f, y0, t, backend, events=ev, inputs=inp)
     r = _grads(f, y0, t, "reference", events=ev, inputs=inp)
     for a, b in zip(g, r):
         if b is None:
             assert a is None or torch.all(a == 0)
             continue
-        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+        torch.testing.assert_close(a, b, rtol=g_rtol, atol=g_rtol * 1e-2)
 
 
 def test_backsolve_close_to_discrete(seed):
