@@ -57,9 +57,9 @@ def _check_finite_params(func, deferred: Optional[list] = None, params: Optional
     """ValueError naming the first parameter of ``func`` holding NaN or inf.
 
     Eager: one pass over all parameters in one call (``_hostcheck.first_nonfinite``; ``params``:
-    ``func``'s parameters if already listed); the names are only looked up to name the culprit. It runs on every call: a
-    cache keyed on tensor versions would miss writes through ``p.data``, which do not bump
-    ``p._version``. Under torch.compile: one deferred graph check per parameter.
+    ``func``'s parameters if already listed); the names are only looked up to name the culprit.
+    It runs on every call: a cache keyed on tensor versions would miss writes through ``p.data``,
+    which do not bump ``p._version``. Under torch.compile: one deferred graph check per parameter.
     """
     if not isinstance(func, torch.nn.Module):
         return

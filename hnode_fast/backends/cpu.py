@@ -139,8 +139,7 @@ def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_ste
         ("in_t", in_t),
         ("in_v", in_v),
     ):
-        if not x.is_cpu:  # (x.device.type costs ~1 us per tensor)
-            need(False, f"{name} must be a CPU tensor")
+        need(x.is_cpu, f"{name} must be a CPU tensor")  # (x.device.type costs ~1 us per tensor)
     need(ints.dim() == 1 and ints.dtype == torch.int32 and ints.numel() >= 12, "ints must be a FieldSpec int32 table")
     need(params.dim() == 1 and params.dtype == y0.dtype, "params must be 1-D with y0's dtype")
     hdr = ints[:12].tolist()  # one read of the header (each int(ints[i]) is a torch op)
@@ -311,18 +310,24 @@ def _(
 
 
 def _setup_context(ctx, inputs, output):
+    """Saves the ten tensor inputs and the checkpoints (``output[2:]``) of ``cpu_solve``, and its
+    scalars (rtol, atol, max_steps, n_threads); shared by the op and :class:`_Discrete`."""
     ctx.save_for_backward(*inputs[:10], *output[2:])
     ctx.scalars = tuple(inputs[10:14])
 
 
-def _backward(ctx, grad_y, *unused):
+def _discrete_grads(ctx, grad_y, bwd):
+    """``(grad_params, grad_y0, grad_amounts)`` from what :func:`_setup_context` saved;
+    ``bwd``: the ``cpu_solve_backward`` op or its body."""
     saved = ctx.saved_tensors
-    ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = saved[:10]
+    y0, out_t = saved[2], saved[3]
     if grad_y is None:
         grad_y = torch.zeros(out_t.shape[1], y0.shape[0], y0.shape[1], dtype=y0.dtype)
-    gp, gy0, gev = torch.ops.hnode_fast.cpu_solve_backward(
-        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, *ctx.scalars, *saved[10:]
-    )
+    return bwd(grad_y, *saved[:10], *ctx.scalars, *saved[10:])
+
+
+def _backward(ctx, grad_y, *unused):
+    gp, gy0, gev = _discrete_grads(ctx, grad_y, torch.ops.hnode_fast.cpu_solve_backward)
     return (None, gp, gy0, None, None, None, None, gev) + (None,) * 9
 
 
@@ -390,22 +395,16 @@ class _Discrete(torch.autograd.Function):
     torch.compile ``solve`` uses the op, whose fake implementation the tracer needs."""
 
     @staticmethod
-    def forward(ctx, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, cap):
-        outs = _cpu_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, cap)
-        y, st = outs[:2]
-        ctx.save_for_backward(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, *outs[2:])
-        ctx.scalars = (rtol, atol, max_steps, n_threads)
-        ctx.mark_non_differentiable(st)
-        return y, st
+    def forward(ctx, *inputs):  # cpu_solve's first 14 arguments, then the checkpoint capacity
+        outs = _cpu_solve_impl(*inputs)
+        _setup_context(ctx, inputs, outs)
+        ctx.mark_non_differentiable(outs[1])
+        return outs[0], outs[1]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, _grad_st):
-        saved = ctx.saved_tensors
-        y0, out_t = saved[2], saved[3]
-        if grad_y is None:
-            grad_y = torch.zeros(out_t.shape[1], y0.shape[0], y0.shape[1], dtype=y0.dtype)
-        gp, gy0, gev = _cpu_solve_backward_impl(grad_y, *saved[:10], *ctx.scalars, *saved[10:])
+        gp, gy0, gev = _discrete_grads(ctx, grad_y, _cpu_solve_backward_impl)
         n = ctx.needs_input_grad
         return (None, gp if n[1] else None, gy0 if n[2] else None, None, None, None, None, gev if n[7] else None) + (None,) * 7
 
@@ -479,15 +478,15 @@ def _nothing(B: int, dtype: torch.dtype, K: Optional[int] = None) -> Tensor:
 
     Shared between calls (it holds no values, so nothing can be written to it; creating one is
     a few microseconds, several per call at batch 1). Under torch.compile a fresh one."""
+    shape = (B, 0) if K is None else (B, 0, K)
     if torch.compiler.is_compiling():
-        return torch.zeros((B, 0) if K is None else (B, 0, K), dtype=dtype)
-    key = (B, dtype, K)
-    t = _NOTHING.get(key)
+        return torch.zeros(shape, dtype=dtype)
+    t = _NOTHING.get((shape, dtype))
     if t is None:
         if len(_NOTHING) > 64:
             _NOTHING.clear()
         with torch.inference_mode(False):  # a normal tensor even if made under inference_mode
-            t = _NOTHING[key] = torch.zeros((B, 0) if K is None else (B, 0, K), dtype=dtype)
+            t = _NOTHING[(shape, dtype)] = torch.zeros(shape, dtype=dtype)
     return t
 
 
