@@ -44,6 +44,9 @@ class Problem:
     # ValueError message)`` pairs, computed in the graph instead of branched on while tracing.
     # The cpu backend hands them to its op (which raises); other backends call ``run_checks()``.
     checks: List[Tuple[torch.Tensor, str]] = dc_field(default_factory=list)
+    # Eager, for an nn.Module func: its (parameters, buffers) as listed by _validate
+    # (``_hostcheck.module_tensors``), so a backend does not walk the modules again.
+    module_tensors: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None
 
     def run_checks(self) -> None:
         """Raise ``ValueError`` for the first failed deferred check (graph-breaks under compile)."""
@@ -185,7 +188,8 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
             raise ValueError(msg_sh)
     field_like = isinstance(func, HybridField)
     # eager: the parameters listed once, for the finite check and the dtype/device checks
-    params = _hostcheck.module_tensors(func)[0] if deferred is None and isinstance(func, torch.nn.Module) else None
+    mt = _hostcheck.module_tensors(func) if deferred is None and isinstance(func, torch.nn.Module) else None
+    params = mt[0] if mt is not None else None
     _check_finite_params(func, deferred, params)
     if field_like:
         if D != func.n_states:
@@ -228,6 +232,7 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
         events=events,
         inputs=inputs,
         checks=deferred if deferred is not None else [],
+        module_tensors=mt,
     )
 
 

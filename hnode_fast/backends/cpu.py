@@ -589,13 +589,15 @@ _STRUCTURE_CHANGED = (
 )
 
 
-def _spec_for(field, checks: Optional[list] = None) -> FieldSpec:
+def _spec_for(field, checks: Optional[list] = None, module_tensors=None) -> FieldSpec:
     """The field's :class:`FieldSpec` (``field.compile()``), differentiable when a gradient is needed.
 
     Eager: the int tables are cached while the masks hold the same values (:func:`_structure_for`)
     and the parameter vector is gathered from the current values each call; with no gradient
     needed the whole spec is also cached while every parameter and buffer holds the same values. L0-gated networks
     (structure depends on which gates are exactly 0) are compiled afresh when a gradient is needed.
+    ``module_tensors``: the field's ``(parameters, buffers)`` if the caller already listed them
+    (``Problem.module_tensors``); listed here otherwise.
 
     Under ``torch.compile`` the structure (masks only) is a constant of the graph and only the
     gather is traced; a check that the masks are unchanged is appended to ``checks`` (raised by the
@@ -610,7 +612,7 @@ def _spec_for(field, checks: Optional[list] = None) -> FieldSpec:
         elif not bool(ok):
             raise RuntimeError(_STRUCTURE_CHANGED)
         return FieldSpec(st.ints, gather_params(st, field.mech, mlp))
-    ps, bs = _hostcheck.module_tensors(field)
+    ps, bs = module_tensors if module_tensors is not None else _hostcheck.module_tensors(field)
     tensors = ps + bs
     if torch.is_grad_enabled() and any(p.requires_grad for p in tensors):
         mlp = field.nn
@@ -658,7 +660,7 @@ def solve(prob):
     _lib()
     compiling = torch.compiler.is_compiling()
     checks = prob.checks if compiling else None
-    spec = _spec_for(prob.func, checks)
+    spec = _spec_for(prob.func, checks, prob.module_tensors)
     params = spec.params
     if params.dtype != prob.y0.dtype:
         params = params.to(prob.y0.dtype)

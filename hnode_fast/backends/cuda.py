@@ -350,7 +350,7 @@ def solve(prob):
     _lib()
     if prob.y0.device.type != "cuda":
         raise ValueError(f"backend='cuda' needs CUDA tensors, y0 is on {prob.y0.device}")
-    spec = _cpu._spec_for(prob.func)
+    spec = _cpu._spec_for(prob.func, module_tensors=prob.module_tensors)
     params = spec.params
     if params.dtype != prob.y0.dtype:
         params = params.to(prob.y0.dtype)
