@@ -182,11 +182,41 @@ def test_spec_compaction_drops_dead_units(seed):
     torch.testing.assert_close(eval_spec(spec, z), f(0.0, z), rtol=1e-14, atol=1e-14)
 
 
-def test_spec_gradients_match_module(seed):
-    f = random_field(D=3, hidden=(5, 4), mask_density=0.6)
+# (mask density, csr_threshold, extra): every way gather_params reads a layer's weights --
+# the raw weight (dense block with no masked entry, or CSR) or W * M (masked dense block, and
+# always with L0 gates or HGS edge weights on layer 0)
+GATHER_CASES = {
+    "dense_unmasked": (None, 0.25, None),
+    "dense_masked": (0.6, 0.25, None),
+    "csr": (0.6, 1.0, None),
+    "mixed_edges": (0.6, 0.7, "edges"),
+    "gates": (0.6, 1.0, "gates"),
+}
+
+
+@pytest.mark.parametrize("case", list(GATHER_CASES))
+def test_spec_gradients_match_module(case, seed):
+    density, csr, extra = GATHER_CASES[case]
+    f = random_field(D=3, hidden=(5, 4), mask_density=density)
+    if extra == "edges":
+        f.nn.add_edge_weights(torch.randint(0, 3, (5,)))
+        with torch.no_grad():
+            f.nn.edge_weights.uniform_(0.5, 1.5)
+    if extra == "gates":
+        f = hf.HybridField(mech=f.mech, nn=hf.MaskedMLP(3, 3, hidden=(5, 4), gates="l0").double().eval(), n_states=3)
+        for i, layer in enumerate(f.nn.layers):
+            f.nn.set_mask(i, torch.rand(layer.weight.shape) < 0.6)
     z = torch.randn(6, 3, dtype=f64)
     params = [p for p in f.parameters() if p.requires_grad]
-    g1 = torch.autograd.grad(eval_spec(f.compile(), z).pow(2).sum(), params, allow_unused=True)
+    spec = f.compile(csr_threshold=csr)
+    if extra is None:
+        from hnode_fast.fields.spec import spec_structure
+
+        st = spec_structure(f.mech, f.nn, 3, 0, False, csr)
+        raws = [lp.raw for lp in st.layers]
+        # the case exercises the path it is named for
+        assert all(raws) if case != "dense_masked" else not all(raws)
+    g1 = torch.autograd.grad(eval_spec(spec, z).pow(2).sum(), params, allow_unused=True)
     g2 = torch.autograd.grad(f(0.0, z).pow(2).sum(), params, allow_unused=True)
     for a, b in zip(g1, g2):
         a = torch.zeros_like(b) if a is None else a

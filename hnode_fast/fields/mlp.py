@@ -234,7 +234,7 @@ class MaskedMLP(nn.Module):
     def effective_weight(self, i: int, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``W_i * M_i`` (times the input gates of layer ``i`` when given, and for ``i = 0`` the
         HGS edge weights when present), shape ``(out_i, in_i)``."""
-        w = self.layers[i].weight * self.masks[i]
+        w = self.layers[i].weight * getattr(self, f"mask_{i}")
         if i == 0 and self.edge_weights is not None:
             w = w * self.edge_weights[self.edge_rows]
         if gate is not None:

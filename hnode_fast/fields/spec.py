@@ -153,6 +153,9 @@ class _LayerPlan:
     # CSR: the (row, col) of every stored non-zero
     widx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     bidx: Optional[torch.Tensor] = None  # stored biases: pre[bidx] (None: all rows)
+    # every stored entry is unmasked (CSR: always; dense: the kept block has no masked entry), so
+    # without L0 gates or HGS edge weights the stored values are the raw weight's at widx
+    raw: bool = False
 
 
 @dataclass
@@ -260,11 +263,13 @@ def spec_structure(
                     w_off = alloc(nz.shape[0])
                     csr_parts.append((len(layer_rows), row_ptr, nz[:, 1].tolist()))
                     lp.widx = (rows[nz[:, 0]].to(device), cols[nz[:, 1]].to(device))
+                    lp.raw = True
                     fmt = FMT_CSR
                 else:
                     w_off = alloc(rows.numel() * cols.numel())
                     if not (all_rows and all_cols):
                         lp.widx = (rows.to(device)[:, None], cols.to(device)[None, :])
+                    lp.raw = bool(lv.all())
                     fmt = FMT_DENSE
                 lp.bidx = None if all_rows else rows.to(device)
                 b_off = alloc(rows.numel())
@@ -335,13 +340,28 @@ def gather_params(st: SpecStructure, mech, mlp: Optional[MaskedMLP], gates: Opti
         L = mlp.n_layers
         if gates is None:
             gates = [mlp.gate_values(i) for i in range(L)]
-        W = [mlp.effective_weight(i, gates[i]) for i in range(L)]
+        W: List[Optional[torch.Tensor]] = [None] * L
+
+        def masked(l: int) -> torch.Tensor:
+            """``W * M`` of layer ``l`` (times its gates and edge weights), made once."""
+            w = W[l]
+            if w is None:
+                w = W[l] = mlp.effective_weight(l, gates[l])
+            return w
+
+        def stored_from(l: int, lp: _LayerPlan) -> torch.Tensor:
+            """What layer ``l``'s stored weights are read from: the raw weight where ``lp.raw``
+            allows it (one masking product and its backward less per layer), else ``masked``."""
+            if lp.raw and mlp.gates is None and (l > 0 or mlp.edge_weights is None):
+                return mlp.layers[l].weight
+            return masked(l)
+
         pres: List[torch.Tensor] = []
         c_prev = const_vec.new_zeros(0)  # values of the constant units of the previous layer
         for l, lp in enumerate(st.layers):
             pre = mlp.bias(l)
             if lp.fold_idx is not None:
-                pre = pre + W[l][:, lp.fold_idx] @ c_prev
+                pre = pre + masked(l)[:, lp.fold_idx] @ c_prev
             if lp.const_idx is not None:
                 c_here = pre[lp.const_idx]
                 c_prev = c_here if l == L - 1 else apply_activation(c_here, mlp.act_code)
@@ -350,14 +370,15 @@ def gather_params(st: SpecStructure, mech, mlp: Optional[MaskedMLP], gates: Opti
             const_vec = const_vec.index_add(0, st.out_const_idx, c_prev)
         if st.emit_layers:
             for l, lp in enumerate(st.layers):
-                chunks.append(W[l] if lp.widx is None else W[l][lp.widx])
+                wl = stored_from(l, lp)
+                chunks.append(wl if lp.widx is None else wl[lp.widx])
                 chunks.append(pres[l] if lp.bidx is None else pres[l][lp.bidx])
     chunks.append(const_vec)
     if mech is not None and st.term_first is not None:
         eff = mech.effective_params()
         p = torch.where(st.term_first, eff * mech.effective_gates()[st.term_of], eff)
         chunks.append(p if st.term_sel is None else p[st.term_sel])
-    return torch.cat([c.reshape(-1).to(dtype) for c in chunks])
+    return torch.cat([c.reshape(-1) if c.dtype == dtype else c.reshape(-1).to(dtype) for c in chunks])
 
 
 def structure_matches(st: SpecStructure, mech, mlp: Optional[MaskedMLP]) -> torch.Tensor:
