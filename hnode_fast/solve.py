@@ -194,7 +194,7 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
     if field_like:
         if D != func.n_states:
             raise ValueError(f"y0 has {D} states but the field has D={func.n_states}")
-        p = (params[0] if params else None) if params is not None else next(iter(func.parameters()), None)
+        p = params[0] if params else next(iter(func.parameters()), None)  # (params: None when tracing)
         if p is not None and p.dtype != y0.dtype:
             raise ValueError(
                 f"y0 dtype {y0.dtype} differs from the field's parameters ({p.dtype}); convert one of them (e.g. field.to({y0.dtype}))"
