@@ -7,8 +7,8 @@ per round after its own warm-up call); ratios are torchdiffeq / hnode and torcho
 runs under torch.no_grad() for all three solvers; "fwd+bwd" backpropagates sum(y^2) to y0 and the
 parameters (hnode: discrete adjoint; torchdiffeq / torchode: autograd through the solver). NFE:
 mean function evaluations per trajectory (torchdiffeq: calls of the batched function). Error:
-max |y - y_ref| against scipy DOP853 at rtol 1e-12, atol 1e-14. Also: field evaluation, dense vs
-90% weight sparsity.
+max |y - y_ref| against scipy DOP853 at rtol 1e-12, atol 1e-14. Also: field evaluation and forward
+solves, dense vs 90% weight sparsity (bench_sparsity).
 
 Run:  python benchmarks/bench_cpu.py [--quick] [--csv out.csv]
       pytest benchmarks/bench_cpu.py --benchmark-only   (pytest-benchmark functions)
@@ -174,26 +174,77 @@ def fmt_row(r):
     )
 
 
-def bench_sparsity(B=1024, repeat=200):
-    """Field evaluation (compiled kernel, 1 thread, thread CPU time) dense vs 90% weight sparsity."""
+def _with_lanes(flag, fn):
+    """fn() with the CPU launchers forced to one path: "0" one trajectory (state) at a time,
+    "1" lockstep lanes, None their default choice (lanes when every layer is CSR)."""
+    import os
+
+    old = os.environ.get("HNODE_CPU_LANES")
+    try:
+        if flag is None:
+            os.environ.pop("HNODE_CPU_LANES", None)
+        else:
+            os.environ["HNODE_CPU_LANES"] = flag
+        return fn()
+    finally:
+        if old is None:
+            os.environ.pop("HNODE_CPU_LANES", None)
+        else:
+            os.environ["HNODE_CPU_LANES"] = old
+
+
+def bench_sparsity(B=1024, repeat=200, solve_batches=(64, 1024), quick=False):
+    """Dense vs 90% weight sparsity, hidden (32, 32) and (64, 64).
+
+    Field evaluation: compiled kernel, 1 thread, thread CPU time per state, evaluated one state at
+    a time ("one", as solve_one does) and 4 states in lockstep ("lanes", as the lane solver does);
+    "auto" is what the solver picks (lanes for the all-CSR sparse networks, one for dense). The
+    ratio compares the dense and sparse fields' auto paths. Solves: the bench problem forward
+    (no grad) and forward+backward (discrete adjoint, not lane-batched), 2 threads, wall-clock
+    medians, dense / sparse with the default paths."""
     from hnode_fast.backends import cpu
 
     out = []
+    rounds = 3 if quick else 7
+    paths = (("one", "0"), ("lanes", "1"), ("auto", None))
     for hidden in ((32, 32), (64, 64)):
-        res = {}
+        cases = {}
         for label, density in (("dense", None), ("90% sparse", 0.1)):
             f = make_field(seed=2, density=density, hidden=hidden)
-            spec = f.compile()
-            z = torch.randn(B, D, dtype=DTYPE)
-            # one thread on the calling thread: its CPU time is robust to other load on the machine
-            ms = timeit(lambda: cpu.eval_field(spec, z, repeat=repeat, n_threads=1), 7, clock=time.thread_time)
-            res[label] = (ms * 1e6 / (repeat * B), spec.n_weights())
-        ratio = res["dense"][0] / res["90% sparse"][0]
-        line = (
-            f"hidden {hidden}: dense {res['dense'][0]:.0f} ns/eval ({res['dense'][1]} weights), 90% sparse "
-            f"{res['90% sparse'][0]:.0f} ns/eval ({res['90% sparse'][1]} weights): {ratio:.1f}x"
-        )
-        print(line, flush=True)
+            cases[label] = (f, f.compile())
+        z = torch.randn(B, D, dtype=DTYPE)
+        problems = {Bs: make_problem(Bs) for Bs in solve_batches}
+        # interleaved rounds (every measurement once per round): drifts of the machine's speed hit
+        # the dense and the sparse field alike
+        ts = {}
+        for r in range(rounds + 1):
+            for label, (f, spec) in cases.items():
+                for path, flag in paths:
+                    # one thread on the calling thread: its CPU time is robust to other load on the machine
+                    call = lambda: cpu.eval_field(spec, z, repeat=repeat, n_threads=1)  # noqa: E731
+                    ms = _with_lanes(flag, lambda: timeit(call, 1, warmup=int(r == 0), clock=time.thread_time))
+                    ts.setdefault((label, path), []).append(ms * 1e6 / (repeat * B))
+                for Bs, (y0, t) in problems.items():
+                    for grad in (False, True):
+                        ts.setdefault((label, Bs, grad), []).append(timeit(lambda: run_hnode(f, y0, t, grad), 1, warmup=int(r == 0)))
+        med = {k: statistics.median(v[1:]) for k, v in ts.items()}  # round 0: warm-up
+        res = {}
+        for label, (f, spec) in cases.items():
+            ns = {path: med[label, path] for path, _ in paths}
+            solve_ms = {(Bs, g): med[label, Bs, g] for Bs in solve_batches for g in (False, True)}
+            res[label] = (ns, spec.n_weights(), solve_ms)
+        ratio = res["dense"][0]["auto"] / res["90% sparse"][0]["auto"]
+        for label in ("dense", "90% sparse"):
+            ns, nw, _ = res[label]
+            evals = ", ".join(f"{k} {ns[k]:5.0f}" for k in ("one", "lanes", "auto"))
+            print(f"hidden {hidden} {label:>10} ({nw:>4} weights): eval ns/state {evals}", flush=True)
+        print(f"hidden {hidden}: field evaluation dense / 90% sparse {ratio:.1f}x", flush=True)
+        for grad in (False, True):
+            dn, sp = res["dense"][2], res["90% sparse"][2]
+            solve = ", ".join(
+                f"B={Bs} {dn[Bs, grad]:.2f} / {sp[Bs, grad]:.2f} ms = {dn[Bs, grad] / sp[Bs, grad]:.1f}x" for Bs in solve_batches
+            )
+            print(f"hidden {hidden}: {'fwd+bwd' if grad else 'fwd'} solves dense / sparse: {solve}", flush=True)
         out.append((hidden, res, ratio))
     return out
 
@@ -218,7 +269,7 @@ def main():
     print(fmt_header())
     rows = bench_solvers(tuple(int(b) for b in args.batches.split(",")), quick=args.quick)
     print()
-    bench_sparsity()
+    bench_sparsity(quick=args.quick)
     if args.csv:
         import csv
 

@@ -20,6 +20,14 @@ f64 = torch.float64
 ACTS = ["identity", "tanh", "relu", "elu", "softplus", "silu"]
 
 
+@pytest.fixture(autouse=True, params=["one", "lanes"])
+def cpu_path(request, monkeypatch):
+    """Every test here runs both ways of the CPU launchers: one trajectory at a time (solve_one,
+    the code the CUDA backend runs) and lockstep lanes (hnode/lanes.h; see test_lanes.py)."""
+    monkeypatch.setenv("HNODE_CPU_LANES", "1" if request.param == "lanes" else "0")
+    return request.param
+
+
 def both(f, y0, t, **kw):
     out = []
     for be in ("reference", "cpu"):

@@ -44,6 +44,26 @@ HNODE_HD_INLINE double rms_scaled(const T* x, const T* scale, int n) {
   return (double)(fm::sqrt_(ss) / (T)::sqrt((double)n));
 }
 
+// Stage argument s (1..5) of a step: ys = y + h * sum_j a[s][j] K_j.
+template <class T>
+HNODE_HD_INLINE void dp5_stage_arg(const DPCoef<T>& C, int D, int s, const T* y, const T* K, T hd, T* ys) {
+  for (int d = 0; d < D; ++d) {
+    T acc = K[d] * C.a[s][0];
+    for (int j = 1; j < s; ++j) acc = acc + K[j * D + d] * C.a[s][j];
+    ys[d] = y[d] + acc * hd;
+  }
+}
+
+// The step's new state: ynew = y + h * sum_j b_j K_j.
+template <class T>
+HNODE_HD_INLINE void dp5_new_state(const DPCoef<T>& C, int D, const T* y, const T* K, T hd, T* ynew) {
+  for (int d = 0; d < D; ++d) {
+    T acc = K[d] * C.b[0];
+    for (int j = 2; j < 6; ++j) acc = acc + K[j * D + d] * C.b[j];
+    ynew[d] = y[d] + hd * acc;
+  }
+}
+
 // One DP5 step: K[0] = f(y) given; fills K[1..6] (K[6] = f(y_new)), ynew, and the stage
 // activations acts_s (stride A) when acts_stride > 0 (else acts reused for every stage).
 // ys: scratch (D). Evaluates the field 6 times.
@@ -53,29 +73,11 @@ HNODE_HD void dp5_step(const DPCoef<T>& C, const FieldView<T>& v, const T* u, co
   const int D = v.D;
   const T hd = (T)h;
   for (int s = 1; s < 6; ++s) {
-    for (int d = 0; d < D; ++d) {
-      T acc = K[d] * C.a[s][0];
-      for (int j = 1; j < s; ++j) acc = acc + K[j * D + d] * C.a[s][j];
-      ys[d] = y[d] + acc * hd;
-    }
+    dp5_stage_arg<T>(C, D, s, y, K, hd, ys);
     eval_field<T>(v, ys, u, K + s * D, acts + s * acts_stride);
   }
-  for (int d = 0; d < D; ++d) {
-    T acc = K[d] * C.b[0];
-    for (int j = 2; j < 6; ++j) acc = acc + K[j * D + d] * C.b[j];
-    ynew[d] = y[d] + hd * acc;
-  }
+  dp5_new_state<T>(C, D, y, K, hd, ynew);
   eval_field<T>(v, ynew, u, K + 6 * D, acts + 6 * acts_stride);
-}
-
-// Stage argument s (1..5) of a step (recomputation in the adjoint).
-template <class T>
-HNODE_HD_INLINE void dp5_stage_arg(const DPCoef<T>& C, int D, int s, const T* y, const T* K, T hd, T* ys) {
-  for (int d = 0; d < D; ++d) {
-    T acc = K[d] * C.a[s][0];
-    for (int j = 1; j < s; ++j) acc = acc + K[j * D + d] * C.a[s][j];
-    ys[d] = y[d] + acc * hd;
-  }
 }
 
 // Error norm (double): RMS(h * sum E_i K_i / (atol + rtol * max(|y|, |ynew|))).
@@ -94,11 +96,11 @@ HNODE_HD double dp5_error_norm(const DPCoef<T>& C, int D, const T* K, const T* y
   return (double)(fm::sqrt_(ss) / (T)::sqrt((double)D));
 }
 
-// Hairer's initial step (reference initial_step); f1, y1: scratch (D); acts: scratch.
+// Hairer's initial step (reference initial_step), in two halves around its one field evaluation.
+// First half: scale, d0, d1 (out), h0 (returned) and y1 = y + h0 f0, the evaluation's argument.
 template <class T>
-HNODE_HD double dp5_initial_step(const FieldView<T>& v, const T* u, const T* y, const T* f0, double span, T rtol,
-                                 T atol, T* y1, T* f1, T* scale, T* acts) {
-  const int D = v.D;
+HNODE_HD double dp5_initial_step_a(int D, const T* y, const T* f0, double span, T rtol, T atol, T* y1, T* scale,
+                                   double* d1_out) {
   for (int d = 0; d < D; ++d) scale[d] = atol + fm::abs_(y[d]) * rtol;
   const double d0 = rms_scaled<T>(y, scale, D);
   const double d1 = rms_scaled<T>(f0, scale, D);
@@ -108,7 +110,14 @@ HNODE_HD double dp5_initial_step(const FieldView<T>& v, const T* u, const T* y, 
   if (!(h0 > 0)) h0 = 1e-6;
   const T h0d = (T)h0;
   for (int d = 0; d < D; ++d) y1[d] = y[d] + h0d * f0[d];
-  eval_field<T>(v, y1, u, f1, acts);
+  *d1_out = d1;
+  return h0;
+}
+
+// Second half, given f1 = f(y1): the initial step. y1 is overwritten (scratch).
+template <class T>
+HNODE_HD double dp5_initial_step_b(int D, const T* f0, const T* f1, double span, double h0, double d1, T* y1,
+                                   const T* scale) {
   for (int d = 0; d < D; ++d) y1[d] = f1[d] - f0[d];
   const double d2 = rms_scaled<T>(y1, scale, D) / h0;
   const bool tiny = (d1 <= 1e-15) && (d2 <= 1e-15);
@@ -122,6 +131,16 @@ HNODE_HD double dp5_initial_step(const FieldView<T>& v, const T* u, const T* y, 
     h1 = ::pow(0.01 / m, 1.0 / 5.0);
   }
   return fm::minn(fm::minn(100 * h0, h1), span);
+}
+
+// The whole heuristic for one trajectory; f1, y1, scale: scratch (D); acts: scratch.
+template <class T>
+HNODE_HD double dp5_initial_step(const FieldView<T>& v, const T* u, const T* y, const T* f0, double span, T rtol,
+                                 T atol, T* y1, T* f1, T* scale, T* acts) {
+  double d1 = 0.0;
+  const double h0 = dp5_initial_step_a<T>(v.D, y, f0, span, rtol, atol, y1, scale, &d1);
+  eval_field<T>(v, y1, u, f1, acts);
+  return dp5_initial_step_b<T>(v.D, f0, f1, span, h0, d1, y1, scale);
 }
 
 // Dense output coefficients c_i(x) = sum_j P[i][j] x^(j+1) (in T) for x = (tq - t) / h.

@@ -183,6 +183,10 @@ HNODE_HD_INLINE T term_flux(int kind, int flags, const T* p, T za, T zb, T uk) {
   }
 }
 
+template <class T>
+HNODE_HD void eval_terms(const FieldView<T>& v, const T* HNODE_RESTRICT z, const T* HNODE_RESTRICT u,
+                         T* HNODE_RESTRICT dz, T* HNODE_RESTRICT flux);
+
 // dz = f(z, u). ``u`` may be null when K == 0. ``acts`` of acts_size() values.
 template <class T>
 HNODE_HD void eval_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const T* HNODE_RESTRICT u,
@@ -255,24 +259,28 @@ HNODE_HD void eval_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const
     }
     for (int i = 0; i < v.n_out; ++i) dz[v.out_idx[i]] += hin[i];
   }
-  if (v.n_terms > 0) {
-    T* flux = p;
-    for (int q = 0; q < v.n_terms; ++q) {
-      const int* tr = v.terms + SPEC_TERM_COLS * q;
-      const int kind = tr[0], a = tr[1], b = tr[2], dst = tr[3], flags = tr[4], p_off = tr[5];
-      const T za = (a >= 0 && kind != TERM_INPUT) ? z[a] : T(0);
-      const T zb = b >= 0 ? z[b] : T(0);
-      const T uk = kind == TERM_INPUT ? u[a] : T(0);
-      const T fl = term_flux<T>(kind, flags, v.params + p_off, za, zb, uk);
-      flux[q] = fl;
-      if (dst >= 0) dz[dst] += fl;
-    }
-    for (int q = 0; q < v.n_terms; ++q) {
-      const int* tr = v.terms + SPEC_TERM_COLS * q;
-      if (tr[4] & TFLAG_CONSUME) {
-        if (tr[1] >= 0) dz[tr[1]] -= flux[q];
-        if (tr[2] >= 0) dz[tr[2]] -= flux[q];
-      }
+  if (v.n_terms > 0) eval_terms<T>(v, z, u, dz, p);
+}
+
+// The mechanistic terms' fluxes into flux (n_terms) and their sums into dz (after the rest).
+template <class T>
+HNODE_HD void eval_terms(const FieldView<T>& v, const T* HNODE_RESTRICT z, const T* HNODE_RESTRICT u,
+                         T* HNODE_RESTRICT dz, T* HNODE_RESTRICT flux) {
+  for (int q = 0; q < v.n_terms; ++q) {
+    const int* tr = v.terms + SPEC_TERM_COLS * q;
+    const int kind = tr[0], a = tr[1], b = tr[2], dst = tr[3], flags = tr[4], p_off = tr[5];
+    const T za = (a >= 0 && kind != TERM_INPUT) ? z[a] : T(0);
+    const T zb = b >= 0 ? z[b] : T(0);
+    const T uk = kind == TERM_INPUT ? u[a] : T(0);
+    const T fl = term_flux<T>(kind, flags, v.params + p_off, za, zb, uk);
+    flux[q] = fl;
+    if (dst >= 0) dz[dst] += fl;
+  }
+  for (int q = 0; q < v.n_terms; ++q) {
+    const int* tr = v.terms + SPEC_TERM_COLS * q;
+    if (tr[4] & TFLAG_CONSUME) {
+      if (tr[1] >= 0) dz[tr[1]] -= flux[q];
+      if (tr[2] >= 0) dz[tr[2]] -= flux[q];
     }
   }
 }

@@ -107,126 +107,173 @@ HNODE_HD_INLINE int count_le(const double* stops, int n, double t) {
   return c;
 }
 
-// The whole solve. Rec::step(t, t_new, y_n, D) is called for each accepted step (before
-// y is updated), Rec::jump_after_last() when doses are applied after it. Returns status.
-template <class T, class Rec>
-HNODE_HD int solve_one(const FieldView<T>& v, const SolveCfg& cfg, const Traj<T>& tr, Work<T>& w, Rec& rec) {
-  const int D = v.D, K = v.K, A = w.A;
-  const DPCoef<T> C;
-  const T rtol = (T)cfg.rtol, atol = (T)cfg.atol;
-  const int n_out = tr.n_out;
-  double t = tr.out_t[0];
-  const double t_end = tr.out_t[n_out - 1];
-  T* y = w.y;
-  T* Kb = w.K;
-  for (int j = 1; j < n_out; ++j)
+// The per-trajectory control state of a solve, advanced by the pieces below. solve_one runs
+// them for one trajectory; the CPU lane driver (hnode/lanes.h) runs the same pieces for W
+// trajectories in lockstep, batching only the field evaluations.
+struct SolveState {
+  double t = 0.0, t_end = 0.0, h_abs = 0.0, t_new = 0.0, h = 0.0;
+  long long n_steps = 0, n_rej = 0, nfe = 0;
+  int ptr = 0, status = STATUS_OK, bad_streak = 0, jo = 1;
+  bool need_init = false, fresh = true, rejected = false;
+};
+
+// Start: outputs NaN but the first (= y0), y = y0 plus doses at t0. Returns whether any step is
+// needed (t0 < t_end).
+template <class T>
+HNODE_HD bool solve_begin(const Traj<T>& tr, int D, SolveState& s, T* y, T* scratch) {
+  s = SolveState();
+  s.t = tr.out_t[0];
+  s.t_end = tr.out_t[tr.n_out - 1];
+  for (int j = 1; j < tr.n_out; ++j)
     for (int d = 0; d < D; ++d) tr.out[j * tr.out_stride + d] = (T)NAN;
   for (int d = 0; d < D; ++d) {
     y[d] = tr.y0[d];
     tr.out[d] = tr.y0[d];
   }
   // doses at t0 (the reference jumps when any stop equals t0)
-  apply_doses<T>(tr, D, t, y, w.ys);
-  int ptr = count_le(tr.stops, tr.n_stops, t);
-  int status = STATUS_OK;
-  long long n_steps = 0, n_rej = 0, nfe = 0;
-  bool active = t < t_end;
-  bool need_init = active;
-  bool fresh = true, rejected = false;
-  int bad_streak = 0;
-  double h_abs = 0.0;
-  int jo = 1;  // next output index
-  while (active) {
-    input_at<T>(tr, K, t, w.u);
-    if (need_init) {
-      const double seg_end = fm::minn(next_stop(tr.stops, tr.n_stops, ptr), t_end);
-      eval_field<T>(v, y, w.u, Kb, w.acts);
-      h_abs = dp5_initial_step<T>(v, w.u, y, Kb, seg_end - t, rtol, atol, w.y1, w.f1, w.scale, w.acts);
-      nfe += 2;
-      bool fin = true;
-      for (int d = 0; d < D; ++d) fin &= fm::isfin(Kb[d]);
-      if (!fin) {
-        status = STATUS_NONFINITE;
-        break;
-      }
-      fresh = true;
-      rejected = false;
-      need_init = false;
-    }
-    const double seg_end = fm::minn(next_stop(tr.stops, tr.n_stops, ptr), t_end);
-    const double min_step = 10.0 * fm::abs_(::nextafter(t, INFINITY) - t);
-    if (fresh) h_abs = fm::maxn(h_abs, min_step);
-    if (h_abs < min_step) {
-      status = bad_streak > 0 ? STATUS_NONFINITE : STATUS_DT_UNDERFLOW;
-      break;
-    }
-    double t_new = t + h_abs;
-    if (t_new > seg_end) t_new = seg_end;
-    const double h = t_new - t;
-    dp5_step<T>(C, v, w.u, y, h, Kb, w.ynew, w.ys, w.acts, 0);
-    const double err = dp5_error_norm<T>(C, D, Kb, y, w.ynew, h, rtol, atol);
-    nfe += 6;
-    const bool finite = fm::isfin(err);
-    const bool accept = finite && err < 1.0;
-    const double safe_err = (finite && err > 0) ? err : 1.0;
-    const double fac = DP_SAFETY * ::pow(safe_err, DP_ERROR_EXPONENT);
-    double grow = err == 0 ? DP_MAX_FACTOR : fm::minn(fac, DP_MAX_FACTOR);
-    if (rejected) grow = fm::minn(grow, 1.0);
-    const double shrink = finite ? fm::maxn(fac, DP_MIN_FACTOR) : DP_MIN_FACTOR;
-    const double habs_step = fm::abs_(h);
-    h_abs = accept ? habs_step * grow : habs_step * shrink;
-    bad_streak = finite ? 0 : bad_streak + 1;
-    if (accept) {
-      rec.step(t, t_new, (const void*)y, D);
-      while (jo < n_out && tr.out_t[jo] <= t_new) {
-        T* o = tr.out + jo * tr.out_stride;
-        const double tq = tr.out_t[jo];
-        if (tq == t_new) {
-          for (int d = 0; d < D; ++d) o[d] = w.ynew[d];
-        } else {
-          dp5_dense<T>(C, D, Kb, y, h, (tq - t) / h, o);
-        }
-        ++jo;
-      }
-      for (int d = 0; d < D; ++d) {
-        y[d] = w.ynew[d];
-        Kb[d] = Kb[6 * D + d];
-      }
-      t = t_new;
-      ++n_steps;
-    } else {
-      ++n_rej;
-    }
-    fresh = accept;
-    rejected = !accept;
-    if (accept && t >= t_end) break;
-    if (accept && t >= seg_end) {
-      if (next_stop(tr.stops, tr.n_stops, ptr) == t) {
-        bool any = false;
-        for (int e = 0; e < tr.n_ev; ++e) any |= (tr.ev_t[e] == t);
-        if (any) {
-          apply_doses<T>(tr, D, t, y, w.ys);
-          rec.jump_after_last();
-        }
-      }
-      ptr = count_le(tr.stops, tr.n_stops, t);
-      need_init = true;
-    }
-    if (bad_streak >= NONFINITE_STREAK) {
-      status = STATUS_NONFINITE;
-      break;
-    }
-    if (n_steps + n_rej >= cfg.max_steps) {
-      status = STATUS_MAX_STEPS;
-      break;
-    }
+  apply_doses<T>(tr, D, s.t, y, scratch);
+  s.ptr = count_le(tr.stops, tr.n_stops, s.t);
+  s.need_init = s.t < s.t_end;
+  return s.need_init;
+}
+
+// After the initial-step heuristic (h0 its result, f0 = f(y)): false ends the solve (status set).
+template <class T>
+HNODE_HD bool solve_init_done(SolveState& s, int D, const T* f0, double h0) {
+  s.h_abs = h0;
+  s.nfe += 2;
+  bool fin = true;
+  for (int d = 0; d < D; ++d) fin &= fm::isfin(f0[d]);
+  if (!fin) {
+    s.status = STATUS_NONFINITE;
+    return false;
   }
-  (void)A;
-  tr.stats[0] = n_steps;
-  tr.stats[1] = n_rej;
-  tr.stats[2] = nfe;
-  tr.stats[3] = status;
-  return status;
+  s.fresh = true;
+  s.rejected = false;
+  s.need_init = false;
+  return true;
+}
+
+// End of the current integration segment (next stop or t_end).
+template <class T>
+HNODE_HD_INLINE double solve_seg_end(const Traj<T>& tr, const SolveState& s) {
+  return fm::minn(next_stop(tr.stops, tr.n_stops, s.ptr), s.t_end);
+}
+
+// Chooses the attempt [t, t_new] (h = t_new - t); false ends the solve (step underflow).
+template <class T>
+HNODE_HD bool solve_prepare_step(const Traj<T>& tr, SolveState& s) {
+  const double seg_end = solve_seg_end<T>(tr, s);
+  const double min_step = 10.0 * fm::abs_(::nextafter(s.t, INFINITY) - s.t);
+  if (s.fresh) s.h_abs = fm::maxn(s.h_abs, min_step);
+  if (s.h_abs < min_step) {
+    s.status = s.bad_streak > 0 ? STATUS_NONFINITE : STATUS_DT_UNDERFLOW;
+    return false;
+  }
+  s.t_new = s.t + s.h_abs;
+  if (s.t_new > seg_end) s.t_new = seg_end;
+  s.h = s.t_new - s.t;
+  return true;
+}
+
+// After an attempted step (K[0..6], ynew filled): error control, accepted-step outputs, stops
+// and doses, limits. Rec::step(t, t_new, y_n, D) is called for each accepted step (before y
+// is updated), Rec::jump_after_last() when doses are applied after it. False ends the solve.
+template <class T, class Rec>
+HNODE_HD bool solve_after_step(const DPCoef<T>& C, const SolveCfg& cfg, const Traj<T>& tr, int D, SolveState& s,
+                               T* y, T* Kb, const T* ynew, T* scratch, Rec& rec) {
+  const T rtol = (T)cfg.rtol, atol = (T)cfg.atol;
+  const double t = s.t, t_new = s.t_new, h = s.h;
+  const double seg_end = solve_seg_end<T>(tr, s);
+  const double err = dp5_error_norm<T>(C, D, Kb, y, ynew, h, rtol, atol);
+  s.nfe += 6;
+  const bool finite = fm::isfin(err);
+  const bool accept = finite && err < 1.0;
+  const double safe_err = (finite && err > 0) ? err : 1.0;
+  const double fac = DP_SAFETY * ::pow(safe_err, DP_ERROR_EXPONENT);
+  double grow = err == 0 ? DP_MAX_FACTOR : fm::minn(fac, DP_MAX_FACTOR);
+  if (s.rejected) grow = fm::minn(grow, 1.0);
+  const double shrink = finite ? fm::maxn(fac, DP_MIN_FACTOR) : DP_MIN_FACTOR;
+  const double habs_step = fm::abs_(h);
+  s.h_abs = accept ? habs_step * grow : habs_step * shrink;
+  s.bad_streak = finite ? 0 : s.bad_streak + 1;
+  if (accept) {
+    rec.step(t, t_new, (const void*)y, D);
+    while (s.jo < tr.n_out && tr.out_t[s.jo] <= t_new) {
+      T* o = tr.out + s.jo * tr.out_stride;
+      const double tq = tr.out_t[s.jo];
+      if (tq == t_new) {
+        for (int d = 0; d < D; ++d) o[d] = ynew[d];
+      } else {
+        dp5_dense<T>(C, D, Kb, y, h, (tq - t) / h, o);
+      }
+      ++s.jo;
+    }
+    for (int d = 0; d < D; ++d) {
+      y[d] = ynew[d];
+      Kb[d] = Kb[6 * D + d];
+    }
+    s.t = t_new;
+    ++s.n_steps;
+  } else {
+    ++s.n_rej;
+  }
+  s.fresh = accept;
+  s.rejected = !accept;
+  if (accept && s.t >= s.t_end) return false;
+  if (accept && s.t >= seg_end) {
+    if (next_stop(tr.stops, tr.n_stops, s.ptr) == s.t) {
+      bool any = false;
+      for (int e = 0; e < tr.n_ev; ++e) any |= (tr.ev_t[e] == s.t);
+      if (any) {
+        apply_doses<T>(tr, D, s.t, y, scratch);
+        rec.jump_after_last();
+      }
+    }
+    s.ptr = count_le(tr.stops, tr.n_stops, s.t);
+    s.need_init = true;
+  }
+  if (s.bad_streak >= NONFINITE_STREAK) {
+    s.status = STATUS_NONFINITE;
+    return false;
+  }
+  if (s.n_steps + s.n_rej >= cfg.max_steps) {
+    s.status = STATUS_MAX_STEPS;
+    return false;
+  }
+  return true;
+}
+
+template <class T>
+HNODE_HD_INLINE void solve_write_stats(const Traj<T>& tr, const SolveState& s) {
+  tr.stats[0] = s.n_steps;
+  tr.stats[1] = s.n_rej;
+  tr.stats[2] = s.nfe;
+  tr.stats[3] = s.status;
+}
+
+// The whole solve of one trajectory. Returns status.
+template <class T, class Rec>
+HNODE_HD int solve_one(const FieldView<T>& v, const SolveCfg& cfg, const Traj<T>& tr, Work<T>& w, Rec& rec) {
+  const int D = v.D, K = v.K;
+  const DPCoef<T> C;
+  const T rtol = (T)cfg.rtol, atol = (T)cfg.atol;
+  SolveState s;
+  bool active = solve_begin<T>(tr, D, s, w.y, w.ys);
+  while (active) {
+    input_at<T>(tr, K, s.t, w.u);
+    if (s.need_init) {
+      eval_field<T>(v, w.y, w.u, w.K, w.acts);
+      const double h0 = dp5_initial_step<T>(v, w.u, w.y, w.K, solve_seg_end<T>(tr, s) - s.t, rtol, atol, w.y1,
+                                            w.f1, w.scale, w.acts);
+      if (!solve_init_done<T>(s, D, w.K, h0)) break;
+    }
+    if (!solve_prepare_step<T>(tr, s)) break;
+    dp5_step<T>(C, v, w.u, w.y, s.h, w.K, w.ynew, w.ys, w.acts, 0);
+    active = solve_after_step<T>(C, cfg, tr, D, s, w.y, w.K, w.ynew, w.ys, rec);
+  }
+  solve_write_stats<T>(tr, s);
+  return s.status;
 }
 
 // Discrete adjoint of solve_one over its n accepted steps (ck_t, ck_tn: step start / end
@@ -263,11 +310,7 @@ HNODE_HD void adjoint_one(const FieldView<T>& v, const Traj<T>& tr, int n, const
       dp5_stage_arg<T>(C, D, st, yn, Kb, hd, w.ys);
       eval_field<T>(v, w.ys, w.u, Kb + st * D, w.acts + (long long)st * A);
     }
-    for (int d = 0; d < D; ++d) {
-      T acc = Kb[d] * C.b[0];
-      for (int j = 2; j < 6; ++j) acc = acc + Kb[j * D + d] * C.b[j];
-      Y[d] = yn[d] + hd * acc;
-    }
+    dp5_new_state<T>(C, D, yn, Kb, hd, Y);
     for (int i = 0; i < 7 * D; ++i) w.gK[i] = T(0);
     T* an = w.a_n;
     T* anew = w.a_new;
