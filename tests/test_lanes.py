@@ -55,7 +55,8 @@ def test_field_eval_bitwise(act, layout, B, monkeypatch, seed):
 def _mixed_problem(B, D=4, K=2, dtype=f64):
     """Trajectories of very different lengths and kinds: own time grids, doses, input switches,
     one without any step (a single output), one that blows up (a large start)."""
-    f = random_field(D=D, hidden=(12, 9), n_inputs=K, nn_inputs=True, mask_density=0.25, dtype=dtype)
+    f = random_field(D=D, hidden=(32, 32), n_inputs=K, nn_inputs=True, mask_density=0.15, dtype=dtype)
+    assert any(r[2] == 1 for r in f.compile().layer_rows().tolist())  # a CSR layer: the lanes' sparse loop
     t = torch.sort(torch.rand(B, 7, dtype=f64) * torch.rand(B, 1, dtype=f64) * 4, dim=1).values
     t[:, 0] = 0.0
     t[:, -1] += 1e-3 + torch.arange(B, dtype=f64) * 0.1
