@@ -20,7 +20,7 @@ class Solve(torch.nn.Module):
         self.field, self.t, self.kw = field, t, kw
 
     def forward(self, y0):
-        return hf.odeint(self.field, y0, self.t, **TOL, **self.kw)
+        return hf.odeint(self.field, y0, self.t, **{**TOL, **self.kw})
 
 
 def small_problem(**kw):
@@ -43,7 +43,11 @@ def test_gradcheck(adjoint, wrt, backend, seed):
     # the discrete adjoint is the computed solution's exact gradient, so it also takes the
     # non-smooth Hill exponent
     f, t, y0 = small_problem(hill_n=SMOOTH_HILL if adjoint == "backsolve" else ROUGH_HILL)
-    model = Solve(f, t, adjoint=adjoint, backend=backend)
+    # central differences of an adaptive solve see its error change with the step sequence: noise
+    # ~ solver error / eps. At rtol 1e-10 that is ~1e-5 relative (CI seed 1450965800: 1.5e-5 even
+    # for the discrete adjoint's exact gradient); the backsolve parameter check runs at rtol 1e-12 (~1e-7)
+    tol = dict(rtol=1e-12, atol=1e-14) if adjoint == "backsolve" and wrt != "y0" else {}
+    model = Solve(f, t, adjoint=adjoint, backend=backend, **tol)
     if wrt == "y0":
         assert torch.autograd.gradcheck(lambda y: model(y), (y0,), eps=1e-6, atol=1e-5, rtol=1e-4)
         return
