@@ -180,8 +180,9 @@ HNODE_HD int backsolve_one(const FieldView<T>& v, const SolveCfg& cfg, const Tra
   const T rtol = (T)cfg.rtol, atol = (T)cfg.atol;
   const int n_stops = bs_build_stops<T>(tr, w.stops);
   const double* stops = w.stops;
-  double t = -tr.out_t[tr.n_out - 1];
-  const double t_end = -tr.out_t[0];
+  SolveState s;  // in reversed time: s.t = -t runs from -t_end to -t0
+  s.t = -tr.out_t[tr.n_out - 1];
+  s.t_end = -tr.out_t[0];
   T* z = w.z;
   T* Kb = w.K;
   const T* g_last = g_out + (long long)(tr.n_out - 1) * g_stride;
@@ -189,66 +190,30 @@ HNODE_HD int backsolve_one(const FieldView<T>& v, const SolveCfg& cfg, const Tra
     z[d] = yT[d];
     z[D + d] = g_last[d];
   }
-  if (count_le(stops, n_stops, t) > 0 && stops[count_le(stops, n_stops, t) - 1] == t)
-    bs_jump<T>(tr, D, t, z, g_out, g_stride, w.zs);
-  int ptr = count_le(stops, n_stops, t);
-  int status = STATUS_OK;
-  long long n_steps = 0, n_rej = 0, nfe = 0;
-  bool active = t < t_end;
-  bool need_init = active;
-  bool fresh = true, rejected = false, reached = false;
-  int bad_streak = 0;
-  double h_abs = 0.0;
+  if (count_le(stops, n_stops, s.t) > 0 && stops[count_le(stops, n_stops, s.t) - 1] == s.t)
+    bs_jump<T>(tr, D, s.t, z, g_out, g_stride, w.zs);
+  s.ptr = count_le(stops, n_stops, s.t);
+  s.need_init = s.t < s.t_end;
+  bool active = s.need_init, reached = false;
   while (active) {
-    input_left<T>(tr, K, -t, w.u);
-    if (need_init) {
-      const double seg_end = fm::minn(next_stop(stops, n_stops, ptr), t_end);
+    input_left<T>(tr, K, -s.t, w.u);
+    if (s.need_init) {
       bs_rhs<T>(v, w.u, z, Kb, w.acts, w);
-      h_abs = bs_initial_step<T>(v, w.u, z, Kb, seg_end - t, rtol, atol, w);
-      nfe += 2;
-      bool fin = true;
-      for (int d = 0; d < N; ++d) fin &= fm::isfin(Kb[d]);
-      if (!fin) {
-        status = STATUS_NONFINITE;
-        break;
-      }
-      fresh = true;
-      rejected = false;
-      need_init = false;
+      const double h0 = bs_initial_step<T>(v, w.u, z, Kb, solve_seg_end(stops, n_stops, s) - s.t, rtol, atol, w);
+      if (!solve_init_done<T>(s, N, Kb, h0)) break;
     }
-    const double seg_end = fm::minn(next_stop(stops, n_stops, ptr), t_end);
-    const double min_step = 10.0 * fm::abs_(::nextafter(t, INFINITY) - t);
-    if (fresh) h_abs = fm::maxn(h_abs, min_step);
-    if (h_abs < min_step) {
-      status = bad_streak > 0 ? STATUS_NONFINITE : STATUS_DT_UNDERFLOW;
-      break;
-    }
-    double t_new = t + h_abs;
-    if (t_new > seg_end) t_new = seg_end;
-    const double h = t_new - t;
+    const double seg_end = solve_seg_end(stops, n_stops, s);
+    if (!solve_prepare_step(stops, n_stops, s)) break;
+    const double h = s.h;
     const T hd = (T)h;
-    for (int s = 1; s < 6; ++s) {
-      dp5_stage_arg<T>(C, N, s, z, Kb, hd, w.zs);
-      bs_rhs<T>(v, w.u, w.zs, Kb + s * N, w.acts + (long long)s * A, w);
+    for (int st = 1; st < 6; ++st) {
+      dp5_stage_arg<T>(C, N, st, z, Kb, hd, w.zs);
+      bs_rhs<T>(v, w.u, w.zs, Kb + st * N, w.acts + (long long)st * A, w);
     }
-    for (int d = 0; d < N; ++d) {
-      T acc = Kb[d] * C.b[0];
-      for (int j = 2; j < 6; ++j) acc = acc + Kb[j * N + d] * C.b[j];
-      w.znew[d] = z[d] + hd * acc;
-    }
+    dp5_new_state<T>(C, N, z, Kb, hd, w.znew);
     bs_rhs<T>(v, w.u, w.znew, Kb + 6 * N, w.acts + 6LL * A, w);
     const double err = dp5_error_norm<T>(C, N, Kb, z, w.znew, h, rtol, atol);
-    nfe += 6;
-    const bool finite = fm::isfin(err);
-    const bool accept = finite && err < 1.0;
-    const double safe_err = (finite && err > 0) ? err : 1.0;
-    const double fac = DP_SAFETY * ::pow(safe_err, DP_ERROR_EXPONENT);
-    double grow = err == 0 ? DP_MAX_FACTOR : fm::minn(fac, DP_MAX_FACTOR);
-    if (rejected) grow = fm::minn(grow, 1.0);
-    const double shrink = finite ? fm::maxn(fac, DP_MIN_FACTOR) : DP_MIN_FACTOR;
-    const double habs_step = fm::abs_(h);
-    h_abs = accept ? habs_step * grow : habs_step * shrink;
-    bad_streak = finite ? 0 : bad_streak + 1;
+    const bool accept = solve_control(s, err);
     if (accept) {
       // parameter quadrature over the stages with b_i != 0 (stage 0 is z itself)
       for (int i = 0; i < 6; ++i) {
@@ -267,39 +232,26 @@ HNODE_HD int backsolve_one(const FieldView<T>& v, const SolveCfg& cfg, const Tra
         Kb[d] = Kb[6 * N + d];
       }
       for (long long i = 0; i < A; ++i) w.acts[i] = w.acts[6LL * A + i];
-      t = t_new;
-      ++n_steps;
-    } else {
-      ++n_rej;
     }
-    fresh = accept;
-    rejected = !accept;
-    if (accept && t >= t_end) {
+    if (accept && s.t >= s.t_end) {
       reached = true;
       break;
     }
-    if (accept && t >= seg_end) {
-      if (next_stop(stops, n_stops, ptr) == t) bs_jump<T>(tr, D, t, z, g_out, g_stride, w.zs);
-      ptr = count_le(stops, n_stops, t);
-      need_init = true;
+    if (accept && s.t >= seg_end) {
+      if (next_stop(stops, n_stops, s.ptr) == s.t) bs_jump<T>(tr, D, s.t, z, g_out, g_stride, w.zs);
+      s.ptr = count_le(stops, n_stops, s.t);
+      s.need_init = true;
     }
-    if (bad_streak >= NONFINITE_STREAK) {
-      status = STATUS_NONFINITE;
-      break;
-    }
-    if (n_steps + n_rej >= cfg.max_steps) {
-      status = STATUS_MAX_STEPS;
-      break;
-    }
+    active = solve_within_limits(cfg, s);
   }
   for (int d = 0; d < D; ++d) g_y0[d] = reached ? z[D + d] + g_out[d] : (T)NAN;
   if (stats) {
-    stats[0] = n_steps;
-    stats[1] = n_rej;
-    stats[2] = nfe;
-    stats[3] = status;
+    stats[0] = s.n_steps;
+    stats[1] = s.n_rej;
+    stats[2] = s.nfe;
+    stats[3] = s.status;
   }
-  return status;
+  return s.status;
 }
 
 HNODE_NAMESPACE_END  // namespace hnode

@@ -157,7 +157,7 @@ void solve_lanes(const FieldView<T>& v, const SolveCfg& cfg, Src& src, T* buf) {
   int lane_b[W];
   Traj<T> tr[W];
   SolveState st[W];
-  double h0[W], d1[W];
+  double h0[W], d1[W], span[W];
   bool run[W];  // lanes taking part in the current batched evaluation
   for (int w = 0; w < W; ++w) lane_b[w] = -1;
   const T* zin[W];
@@ -203,15 +203,15 @@ void solve_lanes(const FieldView<T>& v, const SolveCfg& cfg, Src& src, T* buf) {
     }
     if (any_init) {
       eval_batch([&](int w) { return y[w]; }, [&](int w) { return Kb[w]; });
-      for (int w = 0; w < W; ++w)
-        if (run[w])
-          h0[w] = dp5_initial_step_a<T>(D, y[w], Kb[w], solve_seg_end<T>(tr[w], st[w]) - st[w].t, rtol, atol, y1[w],
-                                        scale[w], &d1[w]);
+      for (int w = 0; w < W; ++w) {
+        if (!run[w]) continue;
+        span[w] = solve_seg_end(tr[w].stops, tr[w].n_stops, st[w]) - st[w].t;
+        h0[w] = dp5_initial_step_a<T>(D, y[w], Kb[w], span[w], rtol, atol, y1[w], scale[w], &d1[w]);
+      }
       eval_batch([&](int w) { return y1[w]; }, [&](int w) { return ynew[w]; });  // ynew: f1 scratch
       for (int w = 0; w < W; ++w) {
         if (!run[w]) continue;
-        const double hi = dp5_initial_step_b<T>(D, Kb[w], ynew[w], solve_seg_end<T>(tr[w], st[w]) - st[w].t, h0[w],
-                                                d1[w], y1[w], scale[w]);
+        const double hi = dp5_initial_step_b<T>(D, Kb[w], ynew[w], span[w], h0[w], d1[w], y1[w], scale[w]);
         if (!solve_init_done<T>(st[w], D, Kb[w], hi)) finish(w);
       }
     }
@@ -220,7 +220,7 @@ void solve_lanes(const FieldView<T>& v, const SolveCfg& cfg, Src& src, T* buf) {
     for (int w = 0; w < W; ++w) {
       run[w] = false;
       if (lane_b[w] < 0) continue;
-      if (!solve_prepare_step<T>(tr[w], st[w])) {
+      if (!solve_prepare_step(tr[w].stops, tr[w].n_stops, st[w])) {
         finish(w);
         continue;
       }

@@ -154,16 +154,14 @@ HNODE_HD bool solve_init_done(SolveState& s, int D, const T* f0, double h0) {
   return true;
 }
 
-// End of the current integration segment (next stop or t_end).
-template <class T>
-HNODE_HD_INLINE double solve_seg_end(const Traj<T>& tr, const SolveState& s) {
-  return fm::minn(next_stop(tr.stops, tr.n_stops, s.ptr), s.t_end);
+// End of the current integration segment: the next of the (sorted, +inf padded) stops, or t_end.
+HNODE_HD_INLINE double solve_seg_end(const double* stops, int n_stops, const SolveState& s) {
+  return fm::minn(next_stop(stops, n_stops, s.ptr), s.t_end);
 }
 
 // Chooses the attempt [t, t_new] (h = t_new - t); false ends the solve (step underflow).
-template <class T>
-HNODE_HD bool solve_prepare_step(const Traj<T>& tr, SolveState& s) {
-  const double seg_end = solve_seg_end<T>(tr, s);
+HNODE_HD_INLINE bool solve_prepare_step(const double* stops, int n_stops, SolveState& s) {
+  const double seg_end = solve_seg_end(stops, n_stops, s);
   const double min_step = 10.0 * fm::abs_(::nextafter(s.t, INFINITY) - s.t);
   if (s.fresh) s.h_abs = fm::maxn(s.h_abs, min_step);
   if (s.h_abs < min_step) {
@@ -176,16 +174,10 @@ HNODE_HD bool solve_prepare_step(const Traj<T>& tr, SolveState& s) {
   return true;
 }
 
-// After an attempted step (K[0..6], ynew filled): error control, accepted-step outputs, stops
-// and doses, limits. Rec::step(t, t_new, y_n, D) is called for each accepted step (before y
-// is updated), Rec::jump_after_last() when doses are applied after it. False ends the solve.
-template <class T, class Rec>
-HNODE_HD bool solve_after_step(const DPCoef<T>& C, const SolveCfg& cfg, const Traj<T>& tr, int D, SolveState& s,
-                               T* y, T* Kb, const T* ynew, T* scratch, Rec& rec) {
-  const T rtol = (T)cfg.rtol, atol = (T)cfg.atol;
-  const double t = s.t, t_new = s.t_new, h = s.h;
-  const double seg_end = solve_seg_end<T>(tr, s);
-  const double err = dp5_error_norm<T>(C, D, Kb, y, ynew, h, rtol, atol);
+// The step-size controller (scipy RK45 rules) after the attempt [t, t_new] with error norm err:
+// the next step size, the non-finite streak, the counts; an accepted step moves t to t_new.
+// Returns whether the step is accepted.
+HNODE_HD_INLINE bool solve_control(SolveState& s, double err) {
   s.nfe += 6;
   const bool finite = fm::isfin(err);
   const bool accept = finite && err < 1.0;
@@ -194,9 +186,43 @@ HNODE_HD bool solve_after_step(const DPCoef<T>& C, const SolveCfg& cfg, const Tr
   double grow = err == 0 ? DP_MAX_FACTOR : fm::minn(fac, DP_MAX_FACTOR);
   if (s.rejected) grow = fm::minn(grow, 1.0);
   const double shrink = finite ? fm::maxn(fac, DP_MIN_FACTOR) : DP_MIN_FACTOR;
-  const double habs_step = fm::abs_(h);
+  const double habs_step = fm::abs_(s.h);
   s.h_abs = accept ? habs_step * grow : habs_step * shrink;
   s.bad_streak = finite ? 0 : s.bad_streak + 1;
+  if (accept) {
+    s.t = s.t_new;
+    ++s.n_steps;
+  } else {
+    ++s.n_rej;
+  }
+  s.fresh = accept;
+  s.rejected = !accept;
+  return accept;
+}
+
+// The non-finite streak and max_steps limits; false ends the solve (status set).
+HNODE_HD_INLINE bool solve_within_limits(const SolveCfg& cfg, SolveState& s) {
+  if (s.bad_streak >= NONFINITE_STREAK) {
+    s.status = STATUS_NONFINITE;
+    return false;
+  }
+  if (s.n_steps + s.n_rej >= cfg.max_steps) {
+    s.status = STATUS_MAX_STEPS;
+    return false;
+  }
+  return true;
+}
+
+// After an attempted step (K[0..6], ynew filled): error control, accepted-step outputs, stops
+// and doses, limits. Rec::step(t, t_new, y_n, D) is called for each accepted step (before y
+// is updated), Rec::jump_after_last() when doses are applied after it. False ends the solve.
+template <class T, class Rec>
+HNODE_HD bool solve_after_step(const DPCoef<T>& C, const SolveCfg& cfg, const Traj<T>& tr, int D, SolveState& s,
+                               T* y, T* Kb, const T* ynew, T* scratch, Rec& rec) {
+  const double t = s.t, t_new = s.t_new, h = s.h;
+  const double seg_end = solve_seg_end(tr.stops, tr.n_stops, s);
+  const double err = dp5_error_norm<T>(C, D, Kb, y, ynew, h, (T)cfg.rtol, (T)cfg.atol);
+  const bool accept = solve_control(s, err);
   if (accept) {
     rec.step(t, t_new, (const void*)y, D);
     while (s.jo < tr.n_out && tr.out_t[s.jo] <= t_new) {
@@ -213,13 +239,7 @@ HNODE_HD bool solve_after_step(const DPCoef<T>& C, const SolveCfg& cfg, const Tr
       y[d] = ynew[d];
       Kb[d] = Kb[6 * D + d];
     }
-    s.t = t_new;
-    ++s.n_steps;
-  } else {
-    ++s.n_rej;
   }
-  s.fresh = accept;
-  s.rejected = !accept;
   if (accept && s.t >= s.t_end) return false;
   if (accept && s.t >= seg_end) {
     if (next_stop(tr.stops, tr.n_stops, s.ptr) == s.t) {
@@ -233,15 +253,7 @@ HNODE_HD bool solve_after_step(const DPCoef<T>& C, const SolveCfg& cfg, const Tr
     s.ptr = count_le(tr.stops, tr.n_stops, s.t);
     s.need_init = true;
   }
-  if (s.bad_streak >= NONFINITE_STREAK) {
-    s.status = STATUS_NONFINITE;
-    return false;
-  }
-  if (s.n_steps + s.n_rej >= cfg.max_steps) {
-    s.status = STATUS_MAX_STEPS;
-    return false;
-  }
-  return true;
+  return solve_within_limits(cfg, s);
 }
 
 template <class T>
@@ -264,11 +276,11 @@ HNODE_HD int solve_one(const FieldView<T>& v, const SolveCfg& cfg, const Traj<T>
     input_at<T>(tr, K, s.t, w.u);
     if (s.need_init) {
       eval_field<T>(v, w.y, w.u, w.K, w.acts);
-      const double h0 = dp5_initial_step<T>(v, w.u, w.y, w.K, solve_seg_end<T>(tr, s) - s.t, rtol, atol, w.y1,
-                                            w.f1, w.scale, w.acts);
+      const double span = solve_seg_end(tr.stops, tr.n_stops, s) - s.t;
+      const double h0 = dp5_initial_step<T>(v, w.u, w.y, w.K, span, rtol, atol, w.y1, w.f1, w.scale, w.acts);
       if (!solve_init_done<T>(s, D, w.K, h0)) break;
     }
-    if (!solve_prepare_step<T>(tr, s)) break;
+    if (!solve_prepare_step(tr.stops, tr.n_stops, s)) break;
     dp5_step<T>(C, v, w.u, w.y, s.h, w.K, w.ynew, w.ys, w.acts, 0);
     active = solve_after_step<T>(C, cfg, tr, D, s, w.y, w.K, w.ynew, w.ys, rec);
   }
