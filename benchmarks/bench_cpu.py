@@ -217,16 +217,16 @@ def bench_sparsity(B=1024, repeat=200, solve_batches=(64, 1024), quick=False):
         # interleaved rounds (every measurement once per round): drifts of the machine's speed hit
         # the dense and the sparse field alike
         ts = {}
-        for r in range(rounds + 1):
+        for _ in range(rounds + 1):
             for label, (f, spec) in cases.items():
                 for path, flag in paths:
                     # one thread on the calling thread: its CPU time is robust to other load on the machine
                     call = lambda: cpu.eval_field(spec, z, repeat=repeat, n_threads=1)  # noqa: E731
-                    ms = _with_lanes(flag, lambda: timeit(call, 1, warmup=int(r == 0), clock=time.thread_time))
+                    ms = _with_lanes(flag, lambda: timeit(call, 1, warmup=0, clock=time.thread_time))
                     ts.setdefault((label, path), []).append(ms * 1e6 / (repeat * B))
                 for Bs, (y0, t) in problems.items():
                     for grad in (False, True):
-                        ts.setdefault((label, Bs, grad), []).append(timeit(lambda: run_hnode(f, y0, t, grad), 1, warmup=int(r == 0)))
+                        ts.setdefault((label, Bs, grad), []).append(timeit(lambda: run_hnode(f, y0, t, grad), 1, warmup=0))
         med = {k: statistics.median(v[1:]) for k, v in ts.items()}  # round 0: warm-up
         res = {}
         for label, (f, spec) in cases.items():
