@@ -11,21 +11,30 @@ import torch
 from conftest import SMOOTH_HILL, random_field
 
 import hnode_fast as hf
-from hnode_fast import backends
+from hnode_fast import _native, backends
 from hnode_fast.reference.spec_eval import eval_spec
 
 pytestmark = pytest.mark.skipif("cpu" not in backends.available(), reason="CPU solver not built")
 cpu = pytest.importorskip("hnode_fast.backends.cpu")
-f64 = torch.float64
+f64, f32 = torch.float64, torch.float32
 ACTS = ["identity", "tanh", "relu", "elu", "softplus", "silu"]
 
 
-@pytest.fixture(autouse=True, params=["one", "lanes"])
+@pytest.fixture(autouse=True, params=["one", "lanes", "gpuloops"])
 def cpu_path(request, monkeypatch):
-    """Every test here runs both ways of the CPU launchers: one trajectory at a time (solve_one,
-    the code the CUDA backend runs) and lockstep lanes (hnode/lanes.h; see test_lanes.py)."""
+    """Every test here runs three ways of the CPU launchers: one trajectory at a time (solve_one),
+    lockstep lanes (hnode/lanes.h; see test_lanes.py), and the build with the CUDA kernels' loop
+    forms (HNODE_GPU_LOOPS: register-blocked dense matvec, interleaved adjoint partials; see
+    test_gpuloops.py), so the CPU runs the code the GPU runs."""
     monkeypatch.setenv("HNODE_CPU_LANES", "1" if request.param == "lanes" else "0")
-    return request.param
+    if request.param != "gpuloops":
+        yield request.param
+        return
+    old = _native._C.cpu_set_isa("gpuloops")
+    try:
+        yield request.param
+    finally:
+        _native._C.cpu_set_isa(old)
 
 
 def both(f, y0, t, **kw):
@@ -218,6 +227,37 @@ def test_kernel_tanh_accuracy():
     err = ((out[fin] - ref[fin]).abs() / ulp).max()
     assert err <= 8, f"tanh kernel {float(err):.1f} ulp from torch.tanh"
     assert torch.equal(torch.sign(out[fin]), torch.sign(ref[fin]))
+
+
+def test_kernel_tanh_accuracy_float32():
+    """tanh_fast(float) computes in single precision (the GPU's float path): within 4 float ulp
+    of the exact tanh (torch.tanh in float64), NaN propagated, +-1 at +-inf, odd."""
+    net = hf.MaskedMLP(1, 1, hidden=(1,), activation="tanh")
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.weight.fill_(1.0)
+            layer.bias.zero_()
+    spec = hf.HybridField(nn=net).to(f32).compile()
+    g = torch.Generator().manual_seed(0)
+    pos = torch.cat(
+        [
+            torch.tensor([0.0, 1e-38, 1e-20, 1e-8, 0.0999, 0.1, 0.1001, 0.1732868, 0.3466, 0.35, 1.0, 8.9, 9.02, 9.1, 10.0, 20.0, 1e30]),
+            torch.rand(20000, generator=g) * 2.0,
+            torch.rand(20000, generator=g) * 25.0,
+            torch.pow(10.0, -torch.rand(5000, generator=g) * 37.0),
+        ]
+    ).to(f32)
+    z = torch.cat([pos, -pos, torch.tensor([float("inf"), -float("inf"), float("nan")])])[:, None].to(f32)
+    out = cpu.eval_field(spec, z)[:, 0]
+    assert out.dtype == f32
+    exact = torch.tanh(z[:, 0].double())
+    fin = exact.isfinite()
+    assert torch.isnan(out[~fin]).all() and torch.equal(out[-3:-1], torch.tensor([1.0, -1.0]))
+    r = exact[fin].to(f32).abs()
+    ulp = (torch.nextafter(r, torch.tensor(float("inf"))) - r).clamp_min(torch.finfo(f32).tiny).double()
+    err = ((out[fin].double() - exact[fin]).abs() / ulp).max()
+    assert err <= 4, f"float tanh kernel {float(err):.2f} ulp from the exact tanh"
+    assert torch.equal(out[: pos.numel()], -out[pos.numel() : 2 * pos.numel()])
 
 
 # ---------------------------------------------------------------- gradients

@@ -1,5 +1,5 @@
 // pybind11 registration of the CPU solver (hnode::register_cpu, called from bindings.cpp) and
-// the run-time choice between the baseline and AVX2 builds of the launchers (kernels.inc).
+// the run-time choice between the baseline, AVX2 and gpuloops builds of the launchers (kernels.inc).
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -27,19 +27,45 @@ bool avx2_compiled();
   }
 HNODE_DECLARE_ISA(base)
 HNODE_DECLARE_ISA(avx2)
+HNODE_DECLARE_ISA(gpuloops)
 #undef HNODE_DECLARE_ISA
 
 namespace {
 
-bool use_avx2() {
+enum Isa { ISA_BASE = 0, ISA_AVX2 = 1, ISA_GPULOOPS = 2 };
+
+bool avx2_usable() {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  static const bool ok = avx2_compiled() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                        !(std::getenv("HNODE_CPU_ISA") && std::string(std::getenv("HNODE_CPU_ISA")) == "base");
+  static const bool ok = avx2_compiled() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 #else
   return false;
 #endif
 }
+
+// The build of the launchers used: AVX2 when the CPU has it, else baseline; HNODE_CPU_ISA=base
+// or =gpuloops (the CUDA kernels' loop forms, for tests) at import, or cpu_set_isa() later.
+int& isa_choice() {
+  static int isa = [] {
+    const char* e = std::getenv("HNODE_CPU_ISA");
+    const std::string s = e ? e : "";
+    if (s == "base") return (int)ISA_BASE;
+    if (s == "gpuloops") return (int)ISA_GPULOOPS;
+    return avx2_usable() ? (int)ISA_AVX2 : (int)ISA_BASE;
+  }();
+  return isa;
+}
+
+const char* isa_name(int i) { return i == ISA_AVX2 ? "avx2" : i == ISA_GPULOOPS ? "gpuloops" : "base"; }
+
+#define HNODE_ISA_CALL(FN, ...)                                \
+  do {                                                        \
+    switch (isa_choice()) {                                   \
+      case ISA_AVX2: avx2::FN(__VA_ARGS__); break;            \
+      case ISA_GPULOOPS: gpuloops::FN(__VA_ARGS__); break;    \
+      default: base::FN(__VA_ARGS__); break;                  \
+    }                                                         \
+  } while (0)
 
 Args make_args(py::dict d) {
   Args a;
@@ -87,10 +113,7 @@ void register_cpu(py::module_& m) {
       [](py::dict d, bool dbl, std::uintptr_t out, std::uintptr_t stats) {
         Args a = make_args(d);
         py::gil_scoped_release nogil;
-        if (use_avx2())
-          avx2::solve(a, dbl, out, stats);
-        else
-          base::solve(a, dbl, out, stats);
+        HNODE_ISA_CALL(solve, a, dbl, out, stats);
       },
       "Adaptive DP5 solves of B trajectories (see hnode_fast/backends/cpu.py for the arguments).");
   m.def(
@@ -98,10 +121,7 @@ void register_cpu(py::module_& m) {
       [](py::dict d, bool dbl, std::uintptr_t g_out, std::uintptr_t gp, std::uintptr_t gy0, std::uintptr_t gev) {
         Args a = make_args(d);
         py::gil_scoped_release nogil;
-        if (use_avx2())
-          avx2::backward(a, dbl, g_out, gp, gy0, gev);
-        else
-          base::backward(a, dbl, g_out, gp, gy0, gev);
+        HNODE_ISA_CALL(backward, a, dbl, g_out, gp, gy0, gev);
       },
       "Discrete adjoint of cpu_solve (re-runs the solve recording the accepted steps).");
   m.def(
@@ -110,10 +130,7 @@ void register_cpu(py::module_& m) {
          std::uintptr_t bst) {
         Args a = make_args(d);
         py::gil_scoped_release nogil;
-        if (use_avx2())
-          avx2::backsolve(a, dbl, g_out, y_end, gp, gy0, bst);
-        else
-          base::backsolve(a, dbl, g_out, y_end, gp, gy0, bst);
+        HNODE_ISA_CALL(backsolve, a, dbl, g_out, y_end, gp, gy0, bst);
       },
       "Continuous (backsolve) adjoint of cpu_solve from the final states y_end (B, D): "
       "grad_params (P,), grad_y0 (B, D), backward stats (B, 4).");
@@ -122,10 +139,7 @@ void register_cpu(py::module_& m) {
       [](bool dbl, std::uintptr_t ints, long long n_ints, std::uintptr_t params, long long P, std::uintptr_t z,
          std::uintptr_t u, int B, int D, std::uintptr_t out, int n_threads, int repeat) {
         py::gil_scoped_release nogil;
-        if (use_avx2())
-          avx2::eval(dbl, ints, n_ints, params, P, z, u, B, D, out, n_threads, repeat);
-        else
-          base::eval(dbl, ints, n_ints, params, P, z, u, B, D, out, n_threads, repeat);
+        HNODE_ISA_CALL(eval, dbl, ints, n_ints, params, P, z, u, B, D, out, n_threads, repeat);
       },
       "dz = f(z, u) for B points from a FieldSpec (repeat: times, for benchmarks).");
   m.def(
@@ -133,14 +147,27 @@ void register_cpu(py::module_& m) {
       [](bool dbl, std::uintptr_t ints, long long n_ints, std::uintptr_t params, long long P, std::uintptr_t z,
          std::uintptr_t u, std::uintptr_t a, int B, int D, std::uintptr_t gz, std::uintptr_t gp) {
         py::gil_scoped_release nogil;
-        if (use_avx2())
-          avx2::vjp(dbl, ints, n_ints, params, P, z, u, a, B, D, gz, gp);
-        else
-          base::vjp(dbl, ints, n_ints, params, P, z, u, a, B, D, gz, gp);
+        HNODE_ISA_CALL(vjp, dbl, ints, n_ints, params, P, z, u, a, B, D, gz, gp);
       },
       "gz += J_z^T a, gp += J_p^T a for B points (gp summed over the batch).");
-  m.def("cpu_isa", []() { return std::string(use_avx2() ? "avx2" : "base"); },
-        "Instruction set of the CPU kernels chosen at run time.");
+  m.def("cpu_isa", []() { return std::string(isa_name(isa_choice())); },
+        "Build of the CPU kernels in use: 'avx2', 'base' or 'gpuloops' (the CUDA loop forms).");
+  m.def(
+      "cpu_set_isa",
+      [](const std::string& name) {
+        const std::string old = isa_name(isa_choice());
+        if (name == "base")
+          isa_choice() = ISA_BASE;
+        else if (name == "gpuloops")
+          isa_choice() = ISA_GPULOOPS;
+        else if (name == "avx2") {
+          if (!avx2_usable()) throw std::runtime_error("cpu_set_isa: AVX2 + FMA build not usable on this CPU");
+          isa_choice() = ISA_AVX2;
+        } else
+          throw std::runtime_error("cpu_set_isa: name must be 'base', 'avx2' or 'gpuloops', got '" + name + "'");
+        return old;
+      },
+      py::arg("name"), "Switch the build of the CPU kernels (for tests); returns the previous name.");
   m.attr("has_cpu_solver") = true;
 }
 

@@ -12,8 +12,10 @@
 // buffer allocated by PyTorch (generic path).
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "hnode/field.h"
 #include "hnode/solve.h"
@@ -85,6 +87,9 @@ __global__ void transpose_params_kernel(const int* __restrict__ ints, const T* _
   pT[dst] = p[i];
 }
 
+// P rounded up to 4 values: shared-memory blocks start 16-byte aligned.
+__host__ __device__ inline long long smem_pad(long long P) { return (P + 3) & ~3LL; }
+
 // Stages ints, params and paramsT in shared memory (whole block, before any early exit).
 template <class T>
 __device__ FieldView<T> stage_field(const KArgs& k, long long P) {
@@ -94,8 +99,8 @@ __device__ FieldView<T> stage_field(const KArgs& k, long long P) {
   const int* ints = k.ints;
   if (k.use_smem) {
     T* sp = reinterpret_cast<T*>(smem);
-    T* spT = sp + P;
-    int* si = reinterpret_cast<int*>(spT + P);
+    T* spT = sp + smem_pad(P);  // 16-byte aligned, like the global copy: vector loads in dense_block
+    int* si = reinterpret_cast<int*>(spT + smem_pad(P));
     for (long long i = threadIdx.x; i < P; i += blockDim.x) {
       sp[i] = params[i];
       spT[i] = pT[i];
@@ -185,8 +190,10 @@ struct Scratch<T, 0> {
   __device__ T* get(const KArgs& k, int tid) { return static_cast<T*>(k.ws) + (long long)tid * k.wsz; }
 };
 
-template <class T, int WS>
-__global__ void __launch_bounds__(BLOCK) solve_kernel(cpu::Args a, KArgs k, T* out, long long* stats) {
+// MINB: minimum resident blocks per SM asked of ptxas (__launch_bounds__), i.e. a register cap
+// of 65536 / (BLOCK * MINB) per thread; 1 leaves ptxas free (see occupancy() below).
+template <class T, int WS, int MINB = 1>
+__global__ void __launch_bounds__(BLOCK, MINB) solve_kernel(cpu::Args a, KArgs k, T* out, long long* stats) {
   const FieldView<T> v = stage_field<T>(k, a.P);
   const int tid = blockIdx.x * blockDim.x + threadIdx.x;
   if (tid >= k.n_thr) return;
@@ -213,13 +220,15 @@ __global__ void __launch_bounds__(BLOCK) solve_kernel(cpu::Args a, KArgs k, T* o
 // Discrete adjoint from the stored checkpoints. Trajectories whose checkpoints overflowed
 // (ck_n < 0) are skipped here (zero gradients); the Python side re-solves them with a larger
 // capacity and runs this kernel again on that subset.
-template <class T, int WS>
-__global__ void __launch_bounds__(BLOCK) adjoint_kernel(cpu::Args a, KArgs k, const T* g_out, T* partials, T* gy0,
+template <class T, int WS, int MINB = 1>
+__global__ void __launch_bounds__(BLOCK, MINB) adjoint_kernel(cpu::Args a, KArgs k, const T* g_out, T* partials, T* gy0,
                                                         T* gev) {
   const FieldView<T> v = stage_field<T>(k, a.P);
   const int tid = blockIdx.x * blockDim.x + threadIdx.x;
   if (tid >= k.n_thr) return;
-  T* my_gp = partials + (long long)tid * (a.P > 0 ? a.P : 1);
+  // this thread's partial parameter gradient, interleaved with the other threads' (entry i at
+  // partials[i * n_thr + tid]): a warp's update of one entry is one coalesced access
+  const StridedGrad<T> my_gp{partials + tid, k.n_thr};
   for (long long i = 0; i < a.P; ++i) my_gp[i] = T(0);
   Scratch<T, WS> s;
   Work<T> w;
@@ -236,19 +245,32 @@ __global__ void __launch_bounds__(BLOCK) adjoint_kernel(cpu::Args a, KArgs k, co
       continue;
     }
     const DevRecord<T> r = dev_record<T>(a, b);
-    adjoint_one<T>(v, tr, (int)nck, r.t, r.tn, r.y, r.jump, g_out + (long long)b * a.D, (long long)a.B * a.D, w, my_gp,
-                   gy0_b, gev_b);
+    adjoint_one<T, StridedGrad<T>>(v, tr, (int)nck, r.t, r.tn, r.y, r.jump, g_out + (long long)b * a.D,
+                                   (long long)a.B * a.D, w, my_gp, gy0_b, gev_b);
   }
 }
 
-// gp[i] = sum over threads t (in order) of partials[t, i]: deterministic second pass.
+// gp[i] = sum over threads t of partials[i * n_thr + t]: one block per parameter (grid-stride);
+// thread r sums rows r, r + RB, ... in order, then a fixed tree in shared memory. The order
+// depends only on n_thr: deterministic, no atomics.
+constexpr int RB = 256;
 template <class T>
-__global__ void reduce_partials_kernel(const T* __restrict__ partials, int n_rows, long long P, T* __restrict__ gp) {
-  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= P) return;
-  T s = T(0);
-  for (int r = 0; r < n_rows; ++r) s += partials[(long long)r * P + i];
-  gp[i] = s;
+__global__ void __launch_bounds__(RB) reduce_partials_kernel(const T* __restrict__ partials, int n_thr, long long P,
+                                                             T* __restrict__ gp) {
+  __shared__ T sh[RB];
+  for (long long i = blockIdx.x; i < P; i += gridDim.x) {
+    const T* row = partials + i * n_thr;
+    T s = T(0);
+    for (int r = threadIdx.x; r < n_thr; r += RB) s += row[r];
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = RB / 2; w > 0; w >>= 1) {
+      if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) gp[i] = sh[0];
+    __syncthreads();
+  }
 }
 
 int bucket_for(long long wsz) {
@@ -279,7 +301,7 @@ KArgs prepare(const Args& x, cudaStream_t st, long long* smem_bytes) {
   if (bucket_for(k.wsz) == 0 && x.ws_elems < (long long)k.n_thr * k.wsz)
     throw std::runtime_error("hnode_fast cuda: workspace too small (" + std::to_string(x.ws_elems) + " < " +
                              std::to_string((long long)k.n_thr * k.wsz) + ")");
-  const long long smem = 2LL * a.P * (long long)sizeof(T) + a.n_ints * (long long)sizeof(int);
+  const long long smem = 2LL * smem_pad(a.P) * (long long)sizeof(T) + a.n_ints * (long long)sizeof(int);
   k.use_smem = smem <= SMEM_LIMIT ? 1 : 0;
   *smem_bytes = k.use_smem ? smem : 0;
   if (a.P > 0) {
@@ -288,6 +310,47 @@ KArgs prepare(const Args& x, cudaStream_t st, long long* smem_bytes) {
     check_launch("transpose_params_kernel");
   }
   return k;
+}
+
+// Register cap of the float local-memory-bucket kernels: HNODE_CUDA_MINB = 1 (none; ptxas
+// picks ~168 registers: 3 blocks of 128 per SM), 4 (<= 128 registers) or 6 (<= 80), read per
+// launch (benchmarks switch it in one process). Float64 and the generic path use 1.
+int occupancy() {
+  const char* e = std::getenv("HNODE_CUDA_MINB");
+  const int m = e ? std::atoi(e) : 1;
+  return m == 4 || m == 6 ? m : 1;
+}
+
+template <class T, int WS, int MINB>
+void launch_solve(unsigned grid, long long smem, cudaStream_t st, const cpu::Args& a, const KArgs& k, T* out,
+                  long long* stats) {
+  solve_kernel<T, WS, MINB><<<grid, BLOCK, smem, st>>>(a, k, out, stats);
+}
+
+template <class T, int WS>
+void launch_solve_occ(unsigned grid, long long smem, cudaStream_t st, const cpu::Args& a, const KArgs& k, T* out,
+                      long long* stats) {
+  if constexpr (std::is_same<T, float>::value && WS > 0) {
+    switch (occupancy()) {
+      case 4: return launch_solve<T, WS, 4>(grid, smem, st, a, k, out, stats);
+      case 6: return launch_solve<T, WS, 6>(grid, smem, st, a, k, out, stats);
+      default: break;
+    }
+  }
+  launch_solve<T, WS, 1>(grid, smem, st, a, k, out, stats);
+}
+
+template <class T, int WS>
+void launch_adjoint_occ(unsigned grid, long long smem, cudaStream_t st, const cpu::Args& a, const KArgs& k,
+                        const T* go, T* part, T* gy0, T* gev) {
+  if constexpr (std::is_same<T, float>::value && WS > 0) {
+    switch (occupancy()) {
+      case 4: adjoint_kernel<T, WS, 4><<<grid, BLOCK, smem, st>>>(a, k, go, part, gy0, gev); return;
+      case 6: adjoint_kernel<T, WS, 6><<<grid, BLOCK, smem, st>>>(a, k, go, part, gy0, gev); return;
+      default: break;
+    }
+  }
+  adjoint_kernel<T, WS, 1><<<grid, BLOCK, smem, st>>>(a, k, go, part, gy0, gev);
 }
 
 template <class T>
@@ -299,9 +362,9 @@ void solve_impl(const Args& x, std::uintptr_t out_p, std::uintptr_t stats_p) {
   T* out = ptr<T>(out_p);
   long long* stats = ptr<long long>(stats_p);
   switch (bucket_for(k.wsz)) {
-    case 1024: solve_kernel<T, 1024><<<grid, BLOCK, smem, st>>>(x.a, k, out, stats); break;
-    case 2048: solve_kernel<T, 2048><<<grid, BLOCK, smem, st>>>(x.a, k, out, stats); break;
-    default: solve_kernel<T, 0><<<grid, BLOCK, smem, st>>>(x.a, k, out, stats); break;
+    case 1024: launch_solve_occ<T, 1024>(grid, smem, st, x.a, k, out, stats); break;
+    case 2048: launch_solve_occ<T, 2048>(grid, smem, st, x.a, k, out, stats); break;
+    default: launch_solve_occ<T, 0>(grid, smem, st, x.a, k, out, stats); break;
   }
   check_launch("solve_kernel");
 }
@@ -316,14 +379,14 @@ void backward_impl(const Args& x, std::uintptr_t g_out, std::uintptr_t gp, std::
   const T* go = ptr<const T>(g_out);
   T* part = ptr<T>(partials);
   switch (bucket_for(k.wsz)) {
-    case 1024: adjoint_kernel<T, 1024><<<grid, BLOCK, smem, st>>>(x.a, k, go, part, ptr<T>(gy0), ptr<T>(gev)); break;
-    case 2048: adjoint_kernel<T, 2048><<<grid, BLOCK, smem, st>>>(x.a, k, go, part, ptr<T>(gy0), ptr<T>(gev)); break;
-    default: adjoint_kernel<T, 0><<<grid, BLOCK, smem, st>>>(x.a, k, go, part, ptr<T>(gy0), ptr<T>(gev)); break;
+    case 1024: launch_adjoint_occ<T, 1024>(grid, smem, st, x.a, k, go, part, ptr<T>(gy0), ptr<T>(gev)); break;
+    case 2048: launch_adjoint_occ<T, 2048>(grid, smem, st, x.a, k, go, part, ptr<T>(gy0), ptr<T>(gev)); break;
+    default: launch_adjoint_occ<T, 0>(grid, smem, st, x.a, k, go, part, ptr<T>(gy0), ptr<T>(gev)); break;
   }
   check_launch("adjoint_kernel");
   if (x.a.P > 0) {
-    const unsigned g2 = (unsigned)((x.a.P + 255) / 256);
-    reduce_partials_kernel<T><<<g2, 256, 0, st>>>(part, k.n_thr, x.a.P, ptr<T>(gp));
+    const unsigned g2 = (unsigned)(x.a.P < 65536 ? x.a.P : 65536);
+    reduce_partials_kernel<T><<<g2, RB, 0, st>>>(part, k.n_thr, x.a.P, ptr<T>(gp));
     check_launch("reduce_partials_kernel");
   }
 }

@@ -77,7 +77,56 @@ HNODE_HD_INLINE double tanh_fast(double x) {
   const double t = m / (m + 2.0);
   return x < 0.0 ? -t : t;
 }
-HNODE_HD_INLINE float tanh_fast(float x) { return (float)tanh_fast((double)x); }
+// float: the same algorithm in single precision (no double arithmetic, which is 2-64x slower
+// than float on GPUs): 2|x| clamped to 20 (tanh rounds to 1 beyond |x| = 9.02), Cody-Waite
+// with Cephes' ln2 split (k * hi exact), q(r) to degree 7 (truncation < 2^-25 for |r| <= ln2/2).
+// Max error ~3 ulp (float) over the whole range, exact 0 at 0, NaN in -> NaN out.
+HNODE_HD_INLINE float tanh_fast(float x) {
+  const float ax = fm::abs_(x);
+  float y = 2.0f * ax;
+  y = y > 20.0f ? 20.0f : y;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23
+  float kf = y * 1.44269504f + shifter;
+  unsigned int kb;
+  memcpy(&kb, &kf, 4);
+  kf -= shifter;
+  const float r = (y - kf * 0.693359375f) + kf * 2.12194440e-4f;
+  const float r2 = r * r, r4 = r2 * r2;
+  const float a0 = 1.0f + r * 0.5f;
+  const float a1 = 1.66666672e-1f + r * 4.16666679e-2f;
+  const float a2 = 8.33333377e-3f + r * 1.38888892e-3f;
+  const float a3 = 1.98412701e-4f + r * 2.48015876e-5f;
+  const float q = (a0 + r2 * a1) + r4 * (a2 + r2 * a3);
+  const unsigned int sb = (kb + 127u) << 23;
+  float sc;
+  memcpy(&sc, &sb, 4);
+  const float m = (sc - 1.0f) + sc * (r * q);
+  const float t = m / (m + 2.0f);
+  return x < 0.0f ? -t : t;
+}
+
+// HNODE_GPU_LOOPS: the loop forms used on the GPU (one thread per trajectory, values in local
+// memory): the dense forward matvec register-blocked over output units (see dense_forward).
+// On by default in nvcc's device pass; the CPU build "gpuloops" (csrc/cpu/kernels_gpuloops.cpp)
+// turns it on for the host so the CPU tests run this code too (bitwise equal to the host form:
+// per output unit the sum runs over the inputs in the same order).
+#if defined(__CUDA_ARCH__) && !defined(HNODE_GPU_LOOPS)
+#define HNODE_GPU_LOOPS 1
+#endif
+#ifndef HNODE_GPU_LOOPS
+#define HNODE_GPU_LOOPS 0
+#endif
+
+// A parameter-gradient vector with its entries ``s`` apart: the GPU adjoint keeps one partial
+// gradient per thread, interleaved (entry i of thread t at p[i * n_thr + t]) so a warp's
+// updates of one entry are one coalesced access. ``T*`` is the contiguous case.
+template <class T>
+struct StridedGrad {
+  T* p;
+  long long s;
+  HNODE_HD_INLINE T& operator[](long long i) const { return p[i * s]; }
+  HNODE_HD_INLINE StridedGrad operator+(long long o) const { return StridedGrad{p + o * s, s}; }
+};
 
 enum { SPEC_HEADER = 12, SPEC_LAYER_COLS = 8, SPEC_TERM_COLS = 6 };
 enum { ACT_IDENTITY = 0, ACT_TANH = 1, ACT_RELU = 2, ACT_ELU = 3, ACT_SOFTPLUS = 4, ACT_SILU = 5 };
@@ -183,6 +232,70 @@ HNODE_HD_INLINE T term_flux(int kind, int flags, const T* p, T za, T zb, T uk) {
   }
 }
 
+// Four consecutive values from a 16-byte aligned address: one 128-bit load on the GPU
+// (float4, or two double2), a plain copy on the host (the gpuloops CPU build runs this path).
+HNODE_HD_INLINE void load4(const float* HNODE_RESTRICT p, float* HNODE_RESTRICT o) {
+#if defined(__CUDA_ARCH__)
+  const float4 q = *reinterpret_cast<const float4*>(p);
+  o[0] = q.x, o[1] = q.y, o[2] = q.z, o[3] = q.w;
+#else
+  memcpy(o, p, 4 * sizeof(float));
+#endif
+}
+HNODE_HD_INLINE void load4(const double* HNODE_RESTRICT p, double* HNODE_RESTRICT o) {
+#if defined(__CUDA_ARCH__)
+  const double2 q0 = reinterpret_cast<const double2*>(p)[0], q1 = reinterpret_cast<const double2*>(p)[1];
+  o[0] = q0.x, o[1] = q0.y, o[2] = q1.x, o[3] = q1.y;
+#else
+  memcpy(o, p, 4 * sizeof(double));
+#endif
+}
+
+// pre[i0 .. i0+NB) = W[i, :] . hin + bias for one block of NB output units, the NB sums held
+// in registers across the whole input loop: per input j one load of hin[j] and the NB weights
+// of the transposed row WT[j] (as NB/4 vector loads when the rows are 16-byte aligned), instead
+// of a load and a store of pre[i] per four multiply-adds. Same arithmetic either way.
+template <class T, int NB>
+HNODE_HD_INLINE void dense_block(const T* HNODE_RESTRICT WT, const T* HNODE_RESTRICT hin,
+                                 const T* HNODE_RESTRICT bias, int nin, int nout, int i0, T* HNODE_RESTRICT pre) {
+  T acc[NB];
+#pragma unroll
+  for (int b = 0; b < NB; ++b) acc[b] = T(0);
+  const T* HNODE_RESTRICT w = WT + i0;
+  const bool vec = NB % 4 == 0 && (nout & 3) == 0 && (reinterpret_cast<unsigned long long>(w) & 15) == 0;
+  if (vec) {
+#pragma unroll 2
+    for (int j = 0; j < nin; ++j, w += nout) {
+      const T h = hin[j];
+      T wv[NB];
+#pragma unroll
+      for (int b = 0; b < NB; b += 4) load4(w + b, wv + b);
+#pragma unroll
+      for (int b = 0; b < NB; ++b) acc[b] += wv[b] * h;
+    }
+  } else {
+#pragma unroll 2
+    for (int j = 0; j < nin; ++j, w += nout) {
+      const T h = hin[j];
+#pragma unroll
+      for (int b = 0; b < NB; ++b) acc[b] += w[b] * h;
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < NB; ++b) pre[i0 + b] = acc[b] + bias[i0 + b];
+}
+
+// Dense layer pre-activation, the GPU loop form: blocks of 8, then 4, then single output units.
+// Per unit: 0, then + W[i, j] h[j] for j in order, then + bias[i] -- the host form's order.
+template <class T>
+HNODE_HD_INLINE void dense_forward_blocked(const T* HNODE_RESTRICT WT, const T* HNODE_RESTRICT hin,
+                                           const T* HNODE_RESTRICT bias, int nin, int nout, T* HNODE_RESTRICT pre) {
+  int i = 0;
+  for (; i + 8 <= nout; i += 8) dense_block<T, 8>(WT, hin, bias, nin, nout, i, pre);
+  for (; i + 4 <= nout; i += 4) dense_block<T, 4>(WT, hin, bias, nin, nout, i, pre);
+  for (; i < nout; ++i) dense_block<T, 1>(WT, hin, bias, nin, nout, i, pre);
+}
+
 template <class T>
 HNODE_HD void eval_terms(const FieldView<T>& v, const T* HNODE_RESTRICT z, const T* HNODE_RESTRICT u,
                          T* HNODE_RESTRICT dz, T* HNODE_RESTRICT flux);
@@ -210,7 +323,9 @@ HNODE_HD void eval_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const
       T* HNODE_RESTRICT pre = p;
       T* HNODE_RESTRICT post = p + npad;
       const T* HNODE_RESTRICT bias = v.params + b_off;
-      if (fmt == 0) {
+      if (fmt == 0 && HNODE_GPU_LOOPS) {
+        dense_forward_blocked<T>(v.paramsT + w_off, hin, bias, nin, nout, pre);
+      } else if (fmt == 0) {
         const T* HNODE_RESTRICT WT = v.paramsT + w_off;
         for (int i = 0; i < nout; ++i) pre[i] = T(0);
         int j = 0;
@@ -285,13 +400,25 @@ HNODE_HD void eval_terms(const FieldView<T>& v, const T* HNODE_RESTRICT z, const
   }
 }
 
-// gz += J_z^T a ; gp += J_p^T a, at the point whose eval_field filled ``acts``.
+// ``GP`` as a local variable: ``T* restrict`` for a contiguous gradient, the type itself else.
+template <class GP>
+struct GradPtr {
+  using type = GP;
+};
 template <class T>
+struct GradPtr<T*> {
+  using type = T* HNODE_RESTRICT;
+};
+
+// gz += J_z^T a ; gp += J_p^T a, at the point whose eval_field filled ``acts``.
+// ``gp``: a ``T*`` (contiguous) or a ``StridedGrad<T>`` (the GPU adjoint's interleaved partials).
+template <class T, class GP = T*>
 HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const T* HNODE_RESTRICT u,
-                        const T* HNODE_RESTRICT acts, const T* HNODE_RESTRICT a, T* HNODE_RESTRICT gz,
-                        T* HNODE_RESTRICT gp, T* HNODE_RESTRICT gbuf) {
+                        const T* HNODE_RESTRICT acts, const T* HNODE_RESTRICT a, T* HNODE_RESTRICT gz, GP gp,
+                        T* HNODE_RESTRICT gbuf) {
+  using GR = typename GradPtr<GP>::type;
   const int D = v.D;
-  T* gc = gp + v.const_off;
+  GR gc = gp + v.const_off;
   for (int d = 0; d < D; ++d) gc[d] += a[d];
   int tot = act_pad(v.n_in);
   for (int l = 0; l < v.L; ++l) tot += 2 * act_pad(v.layers[SPEC_LAYER_COLS * l + 1]);
@@ -305,7 +432,7 @@ HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const 
         if (ib >= 0) gf -= a[ib];
       }
       const T* pp = v.params + p_off;
-      T* gpp = gp + p_off;
+      GR gpp = gp + p_off;
       switch (kind) {
         case TERM_CONSTANT: gpp[0] += gf; break;
         case TERM_LINEAR: {
@@ -374,12 +501,12 @@ HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const 
     } else if (act != ACT_IDENTITY) {
       for (int i = 0; i < nout; ++i) g[i] *= activate_grad<T>(act, pre[i], post[i]);
     }
-    T* HNODE_RESTRICT gb = gp + b_off;
+    GR gb = gp + b_off;
     for (int i = 0; i < nout; ++i) gb[i] += g[i];
     for (int j = 0; j < nin; ++j) g2[j] = T(0);
     if (fmt == 0) {
       const T* HNODE_RESTRICT W = v.params + w_off;
-      T* HNODE_RESTRICT gW = gp + w_off;
+      GR gW = gp + w_off;
       int i = 0;
       for (; i + 4 <= nout; i += 4) {
         const T gi0 = g[i], gi1 = g[i + 1], gi2 = g[i + 2], gi3 = g[i + 3];
@@ -387,10 +514,10 @@ HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const 
         const T* HNODE_RESTRICT w1 = w0 + nin;
         const T* HNODE_RESTRICT w2 = w1 + nin;
         const T* HNODE_RESTRICT w3 = w2 + nin;
-        T* HNODE_RESTRICT gw0 = gW + (long)i * nin;
-        T* HNODE_RESTRICT gw1 = gw0 + nin;
-        T* HNODE_RESTRICT gw2 = gw1 + nin;
-        T* HNODE_RESTRICT gw3 = gw2 + nin;
+        GR gw0 = gW + (long)i * nin;
+        GR gw1 = gw0 + nin;
+        GR gw2 = gw1 + nin;
+        GR gw3 = gw2 + nin;
         for (int j = 0; j < nin; ++j) {
           const T hj = hin[j];
           gw0[j] += gi0 * hj;
@@ -408,7 +535,7 @@ HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const 
       for (; i < nout; ++i) {
         const T gi = g[i];
         const T* HNODE_RESTRICT w = W + (long)i * nin;
-        T* HNODE_RESTRICT gw = gW + (long)i * nin;
+        GR gw = gW + (long)i * nin;
         for (int j = 0; j < nin; ++j) {
           gw[j] += gi * hin[j];
           g2[j] += w[j] * gi;
@@ -418,7 +545,7 @@ HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const 
       const int* rp = v.ints + row[6];
       const int* col = v.ints + row[7];
       const T* vals = v.params + w_off;
-      T* gvals = gp + w_off;
+      GR gvals = gp + w_off;
       for (int i = 0; i < nout; ++i) {
         const T gi = g[i];
         for (int k = rp[i]; k < rp[i + 1]; ++k) {

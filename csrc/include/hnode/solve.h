@@ -292,10 +292,11 @@ HNODE_HD int solve_one(const FieldView<T>& v, const SolveCfg& cfg, const Traj<T>
 // times; ck_y: (n, D) states at step starts; ck_jump: doses applied after the step).
 // g_out: incoming gradient of the outputs (stride out_stride). Accumulates into gp (P),
 // g_y0 (D, overwritten) and g_ev (n_ev, overwritten).
-template <class T>
+// ``gp``: a ``T*`` or a ``StridedGrad<T>`` (see vjp_field).
+template <class T, class GP = T*>
 HNODE_HD void adjoint_one(const FieldView<T>& v, const Traj<T>& tr, int n, const double* ck_t, const double* ck_tn,
                           const T* ck_y, const unsigned char* ck_jump, const T* g_out, long long g_stride,
-                          Work<T>& w, T* gp, T* g_y0, T* g_ev) {
+                          Work<T>& w, GP gp, T* g_y0, T* g_ev) {
   const int D = v.D, K = v.K, A = w.A;
   const DPCoef<T> C;
   T* a = w.y;  // adjoint of the current state
@@ -350,7 +351,7 @@ HNODE_HD void adjoint_one(const FieldView<T>& v, const Traj<T>& tr, int n, const
     }
     if (k6) {
       eval_field<T>(v, Y, w.u, Kb + 6 * D, w.acts + 6LL * A);
-      vjp_field<T>(v, Y, w.u, w.acts + 6LL * A, w.gK + 6 * D, anew, gp, w.gbuf);
+      vjp_field<T, GP>(v, Y, w.u, w.acts + 6LL * A, w.gK + 6 * D, anew, gp, w.gbuf);
     }
     for (int d = 0; d < D; ++d) an[d] += anew[d];
     for (int j = 0; j < 6; ++j) {
@@ -361,14 +362,14 @@ HNODE_HD void adjoint_one(const FieldView<T>& v, const Traj<T>& tr, int n, const
     for (int st = 5; st >= 1; --st) {
       dp5_stage_arg<T>(C, D, st, yn, Kb, hd, w.ys);
       for (int d = 0; d < D; ++d) w.gY[d] = T(0);
-      vjp_field<T>(v, w.ys, w.u, w.acts + (long long)st * A, w.gK + st * D, w.gY, gp, w.gbuf);
+      vjp_field<T, GP>(v, w.ys, w.u, w.acts + (long long)st * A, w.gK + st * D, w.gY, gp, w.gbuf);
       for (int d = 0; d < D; ++d) an[d] += w.gY[d];
       for (int j = 0; j < st; ++j) {
         const T ha = hd * C.a[st][j];
         for (int d = 0; d < D; ++d) w.gK[j * D + d] += ha * w.gY[d];
       }
     }
-    vjp_field<T>(v, yn, w.u, w.acts, w.gK, an, gp, w.gbuf);
+    vjp_field<T, GP>(v, yn, w.u, w.acts, w.gK, an, gp, w.gbuf);
     for (int d = 0; d < D; ++d) a[d] = an[d];
   }
   // doses at t0
