@@ -114,6 +114,17 @@ def _traced_events(events: Events, B: int, D: int, t0: torch.Tensor, deferred: l
     return events
 
 
+def _run_checks_once(deferred: list) -> None:
+    """Evaluate ``(0-dim bool tensor, message)`` checks with one read-back (one device sync);
+    ``ValueError`` with the first failed check's message."""
+    if not deferred:
+        return
+    oks = torch.stack([ok.reshape(()).to(deferred[0][0].device) for ok, _ in deferred]).cpu().tolist()
+    for ok, (_, msg) in zip(oks, deferred):
+        if not ok:
+            raise ValueError(msg)
+
+
 def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, events, inputs, max_steps) -> Problem:
     if not callable(func):
         raise ValueError("func must be callable as func(t, y)")
@@ -145,8 +156,11 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
         raise ValueError(f"y0 must have shape (B, D) or (D,), got {tuple(y0.shape)}")
     # Data-dependent checks: raised here when eager; under torch.compile they become graph
     # computations (``deferred``) that the backend evaluates at run time, so nothing is branched
-    # on while tracing and the solve stays one graph.
-    deferred: Optional[list] = [] if torch.compiler.is_compiling() else None
+    # on while tracing and the solve stays one graph. Eager on a GPU they are computed the same way
+    # and read back together at the end (one device synchronisation instead of one per check).
+    compiling = torch.compiler.is_compiling()
+    on_device = not compiling and y0.device.type != "cpu"
+    deferred: Optional[list] = [] if (compiling or on_device) else None
     if deferred is not None:
         deferred.append((torch.isfinite(y0.detach()).all(), "y0 contains NaN or inf"))
     elif not _hostcheck.all_finite(y0):
@@ -188,7 +202,7 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
             raise ValueError(msg_sh)
     field_like = isinstance(func, HybridField)
     # eager: the parameters listed once, for the finite check and the dtype/device checks
-    mt = _hostcheck.module_tensors(func) if deferred is None and isinstance(func, torch.nn.Module) else None
+    mt = _hostcheck.module_tensors(func) if not compiling and isinstance(func, torch.nn.Module) else None
     params = mt[0] if mt is not None else None
     _check_finite_params(func, deferred, params)
     if field_like:
@@ -218,6 +232,9 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
             events = events.validate(B, D, out_t[:, 0])
         else:
             events = _traced_events(events, B, D, out_t[:, 0], deferred)
+    if on_device and deferred is not None:
+        _run_checks_once(deferred)
+        deferred = None
     return Problem(
         func=func,
         field_like=field_like,

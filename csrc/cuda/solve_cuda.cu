@@ -313,12 +313,14 @@ KArgs prepare(const Args& x, cudaStream_t st, long long* smem_bytes) {
 }
 
 // Register cap of the float local-memory-bucket kernels: HNODE_CUDA_MINB = 1 (none; ptxas
-// picks ~168 registers: 3 blocks of 128 per SM), 4 (<= 128 registers) or 6 (<= 80), read per
-// launch (benchmarks switch it in one process). Float64 and the generic path use 1.
+// picks 168-184 registers on sm_90: 2-3 blocks of 128 per SM), 4 (<= 128 registers, a few
+// spills; the default) or 6 (<= 80, ~2 KB of spill loads), read per launch (benchmarks switch
+// it in one process). Float64 and the generic path use 1.
+constexpr int DEFAULT_MINB = 4;
 int occupancy() {
   const char* e = std::getenv("HNODE_CUDA_MINB");
-  const int m = e ? std::atoi(e) : 1;
-  return m == 4 || m == 6 ? m : 1;
+  const int m = e && *e ? std::atoi(e) : DEFAULT_MINB;
+  return m == 1 || m == 4 || m == 6 ? m : DEFAULT_MINB;
 }
 
 template <class T, int WS, int MINB>

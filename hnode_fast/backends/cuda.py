@@ -22,7 +22,8 @@ Launches go on ``torch.cuda.current_stream()``; the forward never synchronises t
 
 from __future__ import annotations
 
-from typing import Tuple
+import weakref
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -31,8 +32,14 @@ from .. import _native
 from ..reference.engine import Stats
 from . import cpu as _cpu
 
-_WS_BUDGET_BYTES = 256 << 20  # global scratch (generic path workspace / gradient partials)
-_CK_BUDGET_MIN, _CK_BUDGET_MAX = 1 << 30, 16 << 30  # checkpoints of a forward that needs gradients
+# Global scratch (generic-path workspace, the adjoint's per-thread gradient partials): None sizes
+# it from the free device memory (_ws_budget); an int fixes it (tests shrink it to force several
+# trajectories per thread).
+_WS_BUDGET_BYTES: Optional[int] = None
+_WS_BUDGET_MIN, _WS_BUDGET_MAX = 256 << 20, 4 << 30
+# Checkpoints of a forward that needs gradients (zero-filled: their memset is part of the forward;
+# trajectories that do not fit are re-solved by the backward)
+_CK_BUDGET_MIN, _CK_BUDGET_MAX = 1 << 30, 4 << 30
 _BLOCK = 128
 
 
@@ -132,11 +139,51 @@ class _MetaCPU:
         return self._t < o
 
 
-def _n_thr(B, per_thread_elems, elem_size):
+def _ws_budget(device) -> int:
+    """Bytes of global scratch one launch may use: ``_WS_BUDGET_BYTES`` if set, else an eighth of
+    the free device memory within [256 MiB, 4 GiB] (one call to cudaMemGetInfo, no sync)."""
+    if _WS_BUDGET_BYTES is not None:
+        return int(_WS_BUDGET_BYTES)
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except RuntimeError:
+        return _WS_BUDGET_MIN
+    return int(min(_WS_BUDGET_MAX, max(_WS_BUDGET_MIN, free // 8)))
+
+
+def _n_thr(B, per_thread_elems, elem_size, budget=None):
+    """Threads of a launch whose threads each need ``per_thread_elems`` values of global scratch:
+    one per trajectory when the scratch fits the budget, else fewer (each solving several
+    trajectories, grid-stride), at least one block."""
     if per_thread_elems <= 0:
         return B
-    n = max(_BLOCK, _WS_BUDGET_BYTES // (per_thread_elems * elem_size))
+    if budget is None:
+        budget = _ws_budget(None) if _WS_BUDGET_BYTES is None else _WS_BUDGET_BYTES
+    n = max(_BLOCK, budget // (per_thread_elems * elem_size))
     return int(max(1, min(B, n)))
+
+
+# Device copies of FieldSpec int tables, per (table, version, device): the table is read by the
+# host launcher from the CPU tensor and by the kernels from this copy. A copy per call was a
+# pageable host->device transfer, i.e. a device synchronisation on every solve.
+_INTS_DEV: Dict[int, Tuple["weakref.ref[Tensor]", int, Dict[torch.device, Tensor]]] = {}
+
+
+def _ints_on(ints: Tensor, dev: torch.device) -> Tensor:
+    key = id(ints)
+    hit = _INTS_DEV.get(key)
+    if hit is None or hit[0]() is not ints or hit[1] != ints._version:
+
+        def forget(_ref: "weakref.ref[Tensor]", k: int = key) -> None:
+            _INTS_DEV.pop(k, None)
+
+        hit = (weakref.ref(ints, forget), ints._version, {})
+        _INTS_DEV[key] = hit
+    d = hit[2].get(dev)
+    if d is None:
+        d = ints.to(dev)  # once per table and device
+        hit[2][dev] = d
+    return d
 
 
 def _launch_args(lib, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps):
@@ -145,7 +192,7 @@ def _launch_args(lib, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in
     dev = y0.device
     a = _cpu._args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, 1)
     plan = lib.cuda_plan(ints.data_ptr(), ints.numel(), params.numel(), D, y0.dtype == torch.float64)
-    ints_dev = ints.to(dev, non_blocking=False)
+    ints_dev = _ints_on(ints, dev)
     params_t = torch.empty_like(params)
     a.update(
         ints_dev=ints_dev.data_ptr(),
@@ -164,7 +211,7 @@ def _cuda_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_
     B, D = y0.shape
     y = torch.empty(out_t.shape[1], B, D, dtype=y0.dtype, device=y0.device)
     stats = torch.empty(B, 4, dtype=torch.int64, device=y0.device)
-    ck = _cpu._ck_empty(B, D, max(int(ckpt_cap), 0), y0.dtype, like=y0)
+    ck = _ck_zeros(B, D, max(int(ckpt_cap), 0), y0.dtype, y0.device)
     if B > 0:
         lib = _lib()
         with torch.cuda.device(y0.device):
@@ -172,7 +219,7 @@ def _cuda_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_
             if plan["bucket"] > 0:
                 n_thr, ws = B, y0.new_empty(0)
             else:
-                n_thr = _n_thr(B, plan["wsz"], y0.element_size())
+                n_thr = _n_thr(B, plan["wsz"], y0.element_size(), _ws_budget(y0.device))
                 ws = y0.new_empty(n_thr * plan["wsz"])
             a.update(ws=ws.data_ptr(), ws_elems=ws.numel(), n_thr=n_thr)
             if ckpt_cap > 0:
@@ -210,6 +257,19 @@ def _(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, 
     )
 
 
+def _ck_zeros(B, D, cap, dtype, device):
+    """Checkpoint outputs, zero-filled (one memset each) so that the slots past a trajectory's
+    last step hold defined values: the op's outputs are deterministic (opcheck compares them)."""
+    f64, u8, i64 = torch.float64, torch.uint8, torch.int64
+    return (
+        torch.zeros(B, cap, dtype=f64, device=device),
+        torch.zeros(B, cap, dtype=f64, device=device),
+        torch.zeros(B, cap, D, dtype=dtype, device=device),
+        torch.zeros(B, cap, dtype=u8, device=device),
+        torch.zeros(B, dtype=i64, device=device),
+    )
+
+
 def _adjoint_launch(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, ck):
     """One adjoint launch over stored checkpoints; trajectories with ck_n < 0 get zeros."""
     lib = _lib()
@@ -223,7 +283,7 @@ def _adjoint_launch(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in
     with torch.cuda.device(y0.device):
         a, plan, keep = _launch_args(lib, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps)
         generic = plan["bucket"] == 0
-        n_thr = _n_thr(B, max(P, 1) + (plan["wsz"] if generic else 0), y0.element_size())
+        n_thr = _n_thr(B, max(P, 1) + (plan["wsz"] if generic else 0), y0.element_size(), _ws_budget(y0.device))
         ws = y0.new_empty(n_thr * plan["wsz"] if generic else 0)
         partials = y0.new_empty(n_thr * max(P, 1))
         a.update(ws=ws.data_ptr(), ws_elems=ws.numel(), n_thr=n_thr)
@@ -325,7 +385,7 @@ cuda_solve.register_autograd(_backward, setup_context=_setup_context)
 
 def _ck_budget(device) -> int:
     """Bytes of checkpoints a forward may store: a quarter of the free device memory, within
-    [1 GiB, 16 GiB] (trajectories that do not fit are re-solved in the backward)."""
+    [1 GiB, 4 GiB] (trajectories that do not fit are re-solved in the backward)."""
     try:
         free, _ = torch.cuda.mem_get_info(device)
     except RuntimeError:

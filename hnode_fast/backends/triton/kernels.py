@@ -538,8 +538,9 @@ def _field_fwd_kernel(
     KC: tl.constexpr,
     SW: tl.constexpr,
 ):
-    scr = scr_ptr + tl.program_id(0) * (BM * SW)
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    pid = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * D and the scratch pass 2^31 at large B
+    scr = scr_ptr + pid * (BM * SW)
+    rows = pid * BM + tl.arange(0, BM)
     rm = rows < B
     z = _load_tile(z_ptr, rows, rm, D, DP)
     u = _load_tile(u_ptr, rows, rm, K, KP).to(z.dtype)
@@ -592,8 +593,9 @@ def _field_bwd_kernel(
     KC: tl.constexpr,
     SW: tl.constexpr,
 ):
-    scr = scr_ptr + tl.program_id(0) * (BM * SW)
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    pid = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * D and the scratch pass 2^31 at large B
+    scr = scr_ptr + pid * (BM * SW)
+    rows = pid * BM + tl.arange(0, BM)
     rm = rows < B
     z = _load_tile(z_ptr, rows, rm, D, DP)
     u = _load_tile(u_ptr, rows, rm, K, KP).to(z.dtype)
@@ -752,8 +754,9 @@ def _dp_step_fwd_kernel(
     SW: tl.constexpr,
     STIFF: tl.constexpr,
 ):
-    scr = scr_ptr + tl.program_id(0) * (BM * SW)
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    pid = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * D and the scratch pass 2^31 at large B
+    scr = scr_ptr + pid * (BM * SW)
+    rows = pid * BM + tl.arange(0, BM)
     rm = rows < B
     cm = (tl.arange(0, DP) < D)[None, :]
     y = _load_tile(y_ptr, rows, rm, D, DP)
@@ -776,7 +779,7 @@ def _dp_step_fwd_kernel(
             + k6 * _c(coef, 48 + m)
             + k7 * _c(coef, 52 + m)
         )
-        _store_tile(q_ptr + m * B * D, q, rows, rm, D, DP)
+        _store_tile(q_ptr, q, rows + m * B, rm, D, DP)  # q[m] of (4, B, D); 64-bit row index
     err = en.to(tl.float64)
     tl.store(err_ptr + rows, err, mask=rm)
     # controller (scipy RK45 rules), float64
@@ -857,8 +860,9 @@ def _dp_step_bwd_kernel(
     HAS_GQ: tl.constexpr,
     HAS_GERR: tl.constexpr,
 ):
-    scr = scr_ptr + tl.program_id(0) * (BM * SW)
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    pid = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * D and the scratch pass 2^31 at large B
+    scr = scr_ptr + pid * (BM * SW)
+    rows = pid * BM + tl.arange(0, BM)
     rm = rows < B
     cm = (tl.arange(0, DP) < D)[None, :]
     y = _load_tile(y_ptr, rows, rm, D, DP)
@@ -879,7 +883,7 @@ def _dp_step_bwd_kernel(
     dk6 = dy * 0.0
     if HAS_GQ:
         for m in tl.static_range(4):
-            gq = _load_tile(gq_ptr + m * B * D, rows, rm, D, DP)
+            gq = _load_tile(gq_ptr, rows + m * B, rm, D, DP)
             dk1 += gq * _c(coef, 28 + m)
             dk3 += gq * _c(coef, 36 + m)
             dk4 += gq * _c(coef, 40 + m)

@@ -10,7 +10,7 @@ through the plan's differentiable construction.
 from __future__ import annotations
 
 import os
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 
@@ -32,7 +32,7 @@ def _check_device(x: torch.Tensor) -> None:
         )
 
 
-_COEF_CACHE: Dict[Tuple[str, str], torch.Tensor] = {}
+_COEF_CACHE: Dict[tuple, torch.Tensor] = {}
 
 
 def coef_tensor(dtype, device) -> torch.Tensor:
@@ -55,6 +55,19 @@ def _ctl(device) -> torch.Tensor:
     if key not in _COEF_CACHE:
         _COEF_CACHE[key] = torch.tensor([dp.SAFETY, dp.ERROR_EXPONENT, dp.MIN_FACTOR, dp.MAX_FACTOR], dtype=torch.float64, device=device)
     return _COEF_CACHE[key]
+
+
+def _tol(atol: float, rtol: float, dtype, device) -> torch.Tensor:
+    """``[atol, rtol]`` on the device, cached: a new tensor per step was a pageable host-to-device
+    copy, i.e. a device synchronisation on every step of the solve loop."""
+    key = ("tol", float(atol), float(rtol), dtype, str(device))
+    t = _COEF_CACHE.get(key)
+    if t is None:
+        if len(_COEF_CACHE) > 256:  # many distinct tolerances (a sweep): keep the cache small
+            for k in [k for k in _COEF_CACHE if k[0] == "tol"]:
+                del _COEF_CACHE[k]
+        t = _COEF_CACHE[key] = torch.tensor([atol, rtol], dtype=torch.float64).to(dtype=dtype, device=device)
+    return t
 
 
 def _prec(plan: Plan, dtype, allow_tf32: bool) -> str:
@@ -157,7 +170,7 @@ def dp_step_forward(plan: Plan, y, f0, u, h, rtol, atol, rejected=None, stiffnes
     dev = y.device
     uu, Kn = _u_or_dummy(u, B, y.dtype, dev)
     h = h.to(torch.float64).contiguous()
-    tol = torch.tensor([atol, rtol], dtype=torch.float64).to(dtype=y.dtype, device=dev)
+    tol = _tol(atol, rtol, y.dtype, dev)
     rej = rejected.to(torch.int8) if rejected is not None else torch.zeros(B, dtype=torch.int8, device=dev)
     tens = plan.tensors if tensors is None else tensors
     y1 = torch.empty_like(y)
@@ -212,7 +225,7 @@ def dp_step_backward(plan: Plan, y, f0, u, h, rtol, atol, gy1, gk7, gq, gerr, te
     has_gerr = gerr is not None
     gq = gq.contiguous().to(y.dtype) if has_gq else z
     gerr = gerr.contiguous().to(torch.float64) if has_gerr else h
-    tol = torch.tensor([atol, rtol], dtype=torch.float64).to(dtype=y.dtype, device=dev)
+    tol = _tol(atol, rtol, y.dtype, dev)
     gy = torch.empty_like(y)
     gf0 = torch.empty_like(y)
     grid = (triton_cdiv(B, BLOCK_M),)
