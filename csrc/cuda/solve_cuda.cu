@@ -312,15 +312,20 @@ KArgs prepare(const Args& x, cudaStream_t st, long long* smem_bytes) {
   return k;
 }
 
-// Register cap of the float local-memory-bucket kernels: HNODE_CUDA_MINB = 1 (none; ptxas
-// picks 168-184 registers on sm_90: 2-3 blocks of 128 per SM), 4 (<= 128 registers, a few
-// spills; the default) or 6 (<= 80, ~2 KB of spill loads), read per launch (benchmarks switch
-// it in one process). Float64 and the generic path use 1.
-constexpr int DEFAULT_MINB = 4;
-int occupancy() {
-  const char* e = std::getenv("HNODE_CUDA_MINB");
-  const int m = e && *e ? std::atoi(e) : DEFAULT_MINB;
-  return m == 1 || m == 4 || m == 6 ? m : DEFAULT_MINB;
+// Register cap of the float local-memory-bucket kernels (__launch_bounds__ min blocks per SM):
+// 1 (none; ptxas picks 168-184 registers on sm_90: 2-3 blocks of 128 per SM), 4 (<= 128
+// registers, a few spills) or 6 (<= 80, ~2 KB of spill loads). Defaults from the H200
+// measurement (benchmarks/results/gpu.md, bench_cuda --minb 1,4,6, D=8 (32, 32) float32):
+// the solve is fastest uncapped (B=1e5: 5.0 / 6.3 / 5.9 ms for 1 / 4 / 6), the adjoint at 6
+// (B=1e5: ~114 / 86 / 58 ms): its per-thread gradient updates are latency-bound and gain from
+// the extra warps. HNODE_CUDA_MINB sets both, HNODE_CUDA_MINB_SOLVE / _ADJOINT one (read per
+// launch, so a benchmark switches them in one process). Float64 and the generic path use 1.
+constexpr int DEFAULT_MINB_SOLVE = 1, DEFAULT_MINB_ADJOINT = 6;
+int occupancy(const char* var, int dflt) {
+  const char* e = std::getenv(var);
+  if (!(e && *e)) e = std::getenv("HNODE_CUDA_MINB");
+  const int m = e && *e ? std::atoi(e) : dflt;
+  return m == 1 || m == 4 || m == 6 ? m : dflt;
 }
 
 template <class T, int WS, int MINB>
@@ -333,7 +338,7 @@ template <class T, int WS>
 void launch_solve_occ(unsigned grid, long long smem, cudaStream_t st, const cpu::Args& a, const KArgs& k, T* out,
                       long long* stats) {
   if constexpr (std::is_same<T, float>::value && WS > 0) {
-    switch (occupancy()) {
+    switch (occupancy("HNODE_CUDA_MINB_SOLVE", DEFAULT_MINB_SOLVE)) {
       case 4: return launch_solve<T, WS, 4>(grid, smem, st, a, k, out, stats);
       case 6: return launch_solve<T, WS, 6>(grid, smem, st, a, k, out, stats);
       default: break;
@@ -346,7 +351,7 @@ template <class T, int WS>
 void launch_adjoint_occ(unsigned grid, long long smem, cudaStream_t st, const cpu::Args& a, const KArgs& k,
                         const T* go, T* part, T* gy0, T* gev) {
   if constexpr (std::is_same<T, float>::value && WS > 0) {
-    switch (occupancy()) {
+    switch (occupancy("HNODE_CUDA_MINB_ADJOINT", DEFAULT_MINB_ADJOINT)) {
       case 4: adjoint_kernel<T, WS, 4><<<grid, BLOCK, smem, st>>>(a, k, go, part, gy0, gev); return;
       case 6: adjoint_kernel<T, WS, 6><<<grid, BLOCK, smem, st>>>(a, k, go, part, gy0, gev); return;
       default: break;
