@@ -24,7 +24,8 @@ T = lambda: torch.linspace(0, 1, 3, dtype=f64)  # noqa: E731
         (dict(y0=torch.tensor([[nan, 1.0]], dtype=f64)), "y0"),
         (dict(y0=torch.tensor([[inf, 1.0]], dtype=f64)), "y0"),
         (dict(y0=torch.rand(2, 3, dtype=f64)), "y0"),
-        (dict(y0=torch.rand(2, 2, 2, dtype=f64)), "y0"),
+        (dict(y0=torch.rand(2, 2, 3, dtype=f64)), "y0"),
+        (dict(y0=torch.tensor(1.0, dtype=f64)), "y0"),
         (dict(y0=torch.ones(2, 2, dtype=torch.int64)), "y0"),
         (dict(y0=[[1.0, 2.0]]), "y0"),
         (dict(y0=torch.rand(2, 2, dtype=torch.float32)), "dtype"),
@@ -37,7 +38,9 @@ T = lambda: torch.linspace(0, 1, 3, dtype=f64)  # noqa: E731
         (dict(atol=-1.0), "atol"),
         (dict(atol=nan), "atol"),
         (dict(rtol=0.0, atol=0.0), "both"),
-        (dict(method="rk4"), "method"),
+        (dict(method="rk45x"), "method"),
+        (dict(options=dict(norm=None)), "options"),
+        (dict(options=dict(first_step=-1.0)), "first_step"),
         (dict(adjoint="magic"), "adjoint"),
         (dict(step_mode="lockstep"), "step_mode"),
         (dict(max_steps=0), "max_steps"),
@@ -103,3 +106,14 @@ def test_field_with_inputs_needs_inputs():
         hf.odeint(hf.HybridField(mech=mech), torch.ones(1, 1, dtype=f64), T())
     with pytest.raises(ValueError, match="K=1"):
         hf.odeint(hf.HybridField(mech=mech), torch.ones(1, 1, dtype=f64), T(), inputs=hf.Inputs(times=[[0.0]], values=[[[1.0, 2.0]]]))
+
+
+@pytest.mark.parametrize("method", ["rk4", "euler", "tsit5", "dopri8"])
+def test_torchdiffeq_methods_not_implemented_name_the_supported_one(method):
+    with pytest.raises(NotImplementedError, match="dopri5"):
+        hf.odeint(field(), Y0(), T(), method=method)
+
+
+def test_first_step_option_needs_the_reference_backend():
+    with pytest.raises(NotImplementedError, match="first_step"):
+        hf.odeint(field(), Y0(), T(), backend="cpu", options=dict(first_step=0.01))

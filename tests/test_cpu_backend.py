@@ -555,7 +555,7 @@ def test_opcheck_backsolve():
         ev_a,
         in_t,
         in_v,
-        y[-1].contiguous(),
+        y.contiguous(),
         1e-3,
         1e-6,
         100,

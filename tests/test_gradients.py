@@ -142,3 +142,58 @@ def test_dose_amount_gradient(backend):
     y = hf.odeint(f, torch.ones(1, 1, dtype=f64), torch.tensor([0.0, 2.0], dtype=f64), events=ev, backend=backend, **TOL)
     (g,) = torch.autograd.grad(y[-1].sum(), amt)
     assert g.item() == pytest.approx(math.exp(-k), rel=1e-8)
+
+
+# ---------------------------------------------------------------- gradients with respect to t
+@pytest.mark.parametrize("adjoint", ["discrete", "backsolve"])
+@pytest.mark.parametrize("grid", ["shared", "per_trajectory"])
+def test_gradcheck_t_hybrid_field(adjoint, grid, backend, seed):
+    """HybridField on the reference and cpu backends: gradcheck over (y0, t) (t shared (T,) or
+    per trajectory (B, T)); outputs at t_i move along the dense-output interpolant, t_0 as
+    ``-dL/dy0 . f(t0, y0)``."""
+    f, _, y0 = small_problem()
+    if grid == "shared":
+        t = torch.tensor([0.0, 0.3, 0.8, 1.0], dtype=f64, requires_grad=True)
+    else:
+        t = (torch.rand(2, 4, dtype=f64) * 0.4 + 0.1).cumsum(1).requires_grad_(True)
+    fn = lambda y0, t: hf.odeint(f, y0, t, backend=backend, adjoint=adjoint, **TOL)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (y0, t), atol=1e-6, rtol=1e-5)
+
+
+def test_t_gradient_equal_on_reference_and_cpu(seed):
+    from hnode_fast import backends
+
+    if "cpu" not in backends.available():
+        pytest.skip("CPU solver not built")
+    f, _, y0 = small_problem(n_inputs=1)
+    inputs = hf.Inputs(times=[[0.0, 0.5]] * 2, values=[[[1.0], [-0.5]]] * 2)
+    g = {}
+    for b in ("reference", "cpu"):
+        t = torch.tensor([0.1, 0.3, 0.8, 1.0], dtype=f64, requires_grad=True)
+        y = hf.odeint(f, y0, t, backend=b, inputs=inputs, **TOL)
+        (g[b],) = torch.autograd.grad((y * torch.arange(1.0, 1.0 + y.numel(), dtype=f64).reshape(y.shape)).sum(), [t])
+    torch.testing.assert_close(g["cpu"], g["reference"], rtol=1e-9, atol=1e-11)
+    assert g["cpu"].abs().min() > 0
+
+
+def test_t_gradient_never_silently_none():
+    f, t, y0 = small_problem()
+    t = t.clone().requires_grad_(True)
+    ev = hf.Events(times=[[0.5]] * 2, states=[[0]] * 2, amounts=[[1.0]] * 2)
+    with pytest.raises(NotImplementedError, match="events"):
+        hf.odeint(f, y0, t, events=ev)
+    from hnode_fast import backends
+
+    assert backends.supports_time_grad("reference")
+    assert not backends.supports_time_grad("cuda") and not backends.supports_time_grad("triton")
+
+
+def test_leading_batch_shape_for_fields(backend):
+    f = random_field(D=3, hidden=(4,))
+    y0 = torch.rand(2, 5, 3, dtype=f64)
+    t = torch.linspace(0, 1, 4, dtype=f64)
+    with torch.no_grad():
+        y = hf.odeint(f, y0, t, backend=backend, **TOL)
+        flat = hf.odeint(f, y0.reshape(10, 3), t, backend=backend, **TOL)
+    assert y.shape == (4, 2, 5, 3)
+    assert torch.equal(y.reshape(4, 10, 3), flat)

@@ -127,9 +127,7 @@ def test_opcheck_cpu_solve_backsolve(case):
     tensors, (rtol, atol, max_steps) = problem_args(**CASES[case])
     y = torch.ops.hnode_fast.cpu_solve(*tensors, rtol, atol, max_steps, 1, 0)[0]
     grad_y = torch.randn_like(y)
-    torch.library.opcheck(
-        torch.ops.hnode_fast.cpu_solve_backsolve.default, (grad_y, *tensors, y[-1].contiguous(), rtol, atol, max_steps, 1)
-    )
+    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve_backsolve.default, (grad_y, *tensors, y.contiguous(), rtol, atol, max_steps, 1))
 
 
 # ----------------------------------------------------------------------------- cuda ops

@@ -184,7 +184,9 @@ def test_nonfinite_field_status_3():
         return torch.sqrt(y - 1.0)  # NaN for y < 1
 
     with torch.no_grad():
-        y, st = hf.odeint(bad, torch.tensor([[0.5], [2.0]], dtype=f64), torch.tensor([0.0, 1.0], dtype=f64), return_stats=True)
+        y, st = hf.odeint(
+            bad, torch.tensor([[0.5], [2.0]], dtype=f64), torch.tensor([0.0, 1.0], dtype=f64), step_mode="per_sample", return_stats=True
+        )
     assert int(st.status[0]) == 3 and int(st.status[1]) == 0
     assert torch.isnan(y[1, 0]).all() and torch.isfinite(y[1, 1]).all()
 

@@ -28,6 +28,8 @@ struct Args {
   // stored, or -1 when they did not fit (the backward then re-runs that trajectory).
   int ck_cap = 0;
   std::uintptr_t ck_t = 0, ck_tn = 0, ck_y = 0, ck_jump = 0, ck_n = 0;
+  // optional (T, B, D) output slopes of the forward solve (Traj::out_dot); 0: none
+  std::uintptr_t out_dot = 0;
 };
 
 }  // namespace cpu

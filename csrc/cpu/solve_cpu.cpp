@@ -99,6 +99,7 @@ Args make_args(py::dict d) {
     a.ck_jump = d["ck_jump"].cast<std::uintptr_t>();
     a.ck_n = d["ck_n"].cast<std::uintptr_t>();
   }
+  if (d.contains("out_dot")) a.out_dot = d["out_dot"].cast<std::uintptr_t>();
   if (a.B < 0 || a.D < 1 || a.T < 1 || a.max_steps < 1) throw std::runtime_error("cpu_solve: bad sizes");
   return a;
 }
@@ -126,13 +127,14 @@ void register_cpu(py::module_& m) {
       "Discrete adjoint of cpu_solve (re-runs the solve recording the accepted steps).");
   m.def(
       "cpu_solve_backsolve",
-      [](py::dict d, bool dbl, std::uintptr_t g_out, std::uintptr_t y_end, std::uintptr_t gp, std::uintptr_t gy0,
+      [](py::dict d, bool dbl, std::uintptr_t g_out, std::uintptr_t y_out, std::uintptr_t gp, std::uintptr_t gy0,
          std::uintptr_t bst) {
         Args a = make_args(d);
         py::gil_scoped_release nogil;
-        HNODE_ISA_CALL(backsolve, a, dbl, g_out, y_end, gp, gy0, bst);
+        HNODE_ISA_CALL(backsolve, a, dbl, g_out, y_out, gp, gy0, bst);
       },
-      "Continuous (backsolve) adjoint of cpu_solve from the final states y_end (B, D): "
+      "Continuous (backsolve) adjoint of cpu_solve from the forward outputs y_out (T, B, D) (the last "
+      "row is the start; the state is re-anchored to the earlier rows): "
       "grad_params (P,), grad_y0 (B, D), backward stats (B, 4).");
   m.def(
       "cpu_eval_field",

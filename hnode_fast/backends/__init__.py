@@ -47,7 +47,9 @@ def supports(backend: str, adjoint: str = "discrete") -> bool:
     return backend in _BUILT and adjoint in _ADJOINTS.get(backend, ("discrete",))
 
 
-def dispatch(prob, backend: str):
+def resolve(prob, backend: str) -> str:
+    """The backend that solves ``prob`` for ``backend`` (``"auto"``: cuda for CUDA tensors when it
+    supports the problem, else cpu when it does, else reference); raises if it is not built."""
     if backend == "auto":
         if "cuda" in _BUILT and _cuda.supports(prob):
             backend = "cuda"
@@ -57,6 +59,34 @@ def dispatch(prob, backend: str):
         raise NotImplementedError(_cuda.unavailable_reason())
     if backend not in _BUILT:
         raise NotImplementedError(f"backend={backend!r} is not available in this build (available: {available()}); see hf.build_info()")
+    if getattr(prob, "first_step", None) is not None and backend != "reference":
+        raise NotImplementedError(f"options['first_step'] is supported by backend='reference' only (got backend={backend!r})")
+    return backend
+
+
+def run(prob, backend: str):
+    """Solve ``prob`` on the resolved ``backend``: ``(y (T, B, N), Stats)``."""
     if backend != "cpu" and prob.checks:
         prob.run_checks()  # only the cpu op takes deferred (torch.compile) checks; the others branch here
     return _BUILT[backend](prob)
+
+
+def dispatch(prob, backend: str):
+    return run(prob, resolve(prob, backend))
+
+
+_SLOPES = {"reference": _reference.output_slopes}
+if "cpu" in _BUILT:
+    _SLOPES["cpu"] = _cpu.output_slopes
+
+
+def supports_time_grad(backend: str) -> bool:
+    """Whether ``backend`` gives gradients with respect to the output times ``t``."""
+    return backend in _SLOPES
+
+
+def output_slopes(prob, backend: str):
+    """``(T, B, N)``: the time derivative of ``backend``'s dense-output interpolant at each
+    output time of ``prob`` (row 0 zeros, NaN after a failure), from a forward solve without
+    gradients (same steps as the solve)."""
+    return _SLOPES[backend](prob)

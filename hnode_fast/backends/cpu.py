@@ -16,7 +16,7 @@ Two ``torch.library`` custom ops (with fake implementations, so they trace under
   stage combination, the dense outputs and every stage). Step sizes and accept decisions are
   constants, as in the reference, so the gradient equals autograd through the reference.
 
-* ``hnode_fast::cpu_solve_backsolve(grad_y, <same inputs>, y_end) -> (grad_params, grad_y0,
+* ``hnode_fast::cpu_solve_backsolve(grad_y, <same inputs>, y_out) -> (grad_params, grad_y0,
   stats (B, 4))``: the continuous (backsolve) adjoint (``csrc/include/hnode/backsolve.h``, the
   algorithm of ``reference/backsolve.py``): the augmented system ``[y, a]`` integrated
   backwards from the final states by the same adaptive DP5; O(1) memory, gradient of the exact
@@ -346,7 +346,7 @@ def _cpu_solve_backsolve_impl(
     ev_a: Tensor,
     in_t: Tensor,
     in_v: Tensor,
-    y_end: Tensor,
+    y_out: Tensor,
     rtol: float,
     atol: float,
     max_steps: int,
@@ -354,17 +354,19 @@ def _cpu_solve_backsolve_impl(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Continuous adjoint: ``(grad_params (P,), grad_y0 (B, D), backward stats (B, 4))``.
 
-    ``y_end``: the forward's final states ``y[-1]`` (rows that are not finite, i.e. failed
-    forwards, are re-solved to find where they stopped). Non-finite ``grad_y`` must already be
-    replaced (``torch.nan_to_num``). ``grad_y0`` is NaN where the backward solve failed.
+    ``y_out``: the forward's outputs ``(T, B, D)``. The backward solve starts from ``y_out[-1]``
+    (rows that are not finite, i.e. failed forwards, are re-solved to find where they stopped)
+    and resets the state to ``y_out[j]`` at every earlier output time (re-anchoring, as
+    torchdiffeq's ``odeint_adjoint``). Non-finite ``grad_y`` must already be replaced
+    (``torch.nan_to_num``). ``grad_y0`` is NaN where the backward solve failed.
     """
     _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
     if grad_y.shape != (out_t.shape[1],) + tuple(y0.shape) or grad_y.dtype != y0.dtype:
         raise ValueError("hnode_fast::cpu_solve_backsolve: grad_y must be (T, B, D) with y0's dtype")
-    if y_end.shape != y0.shape or y_end.dtype != y0.dtype:
-        raise ValueError("hnode_fast::cpu_solve_backsolve: y_end must be (B, D) with y0's dtype")
-    grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end = _contig(
-        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end
+    if y_out.shape != grad_y.shape or y_out.dtype != y0.dtype:
+        raise ValueError("hnode_fast::cpu_solve_backsolve: y_out must be (T, B, D) with y0's dtype")
+    grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_out = _contig(
+        grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_out
     )
     B, D = y0.shape
     gp = torch.zeros(params.shape, dtype=params.dtype)
@@ -373,7 +375,7 @@ def _cpu_solve_backsolve_impl(
     if B > 0:
         a = _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
         _lib().cpu_solve_backsolve(
-            a, y0.dtype == torch.float64, grad_y.data_ptr(), y_end.data_ptr(), gp.data_ptr(), gy0.data_ptr(), bst.data_ptr()
+            a, y0.dtype == torch.float64, grad_y.data_ptr(), y_out.data_ptr(), gp.data_ptr(), gy0.data_ptr(), bst.data_ptr()
         )
     return gp, gy0, bst
 
@@ -383,7 +385,7 @@ cpu_solve_backsolve = torch.library.custom_op("hnode_fast::cpu_solve_backsolve",
 
 
 @cpu_solve_backsolve.register_fake
-def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_end, rtol, atol, max_steps, n_threads):
+def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_out, rtol, atol, max_steps, n_threads):
     return params.new_empty(params.shape), y0.new_empty(y0.shape), y0.new_empty(y0.shape[0], 4, dtype=torch.int64)
 
 
@@ -430,7 +432,7 @@ class _Backsolve(torch.autograd.Function):
         ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y = ctx.saved_tensors
         grad_y = torch.nan_to_num(grad_y, nan=0.0)  # no output beyond a failure (as the reference)
         bwd = torch.ops.hnode_fast.cpu_solve_backsolve if torch.compiler.is_compiling() else _cpu_solve_backsolve_impl
-        gp, gy0, bst = bwd(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y[-1], *ctx.scalars)
+        gp, gy0, bst = bwd(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y, *ctx.scalars)
         if not torch.compiler.is_compiling() and bool((bst[:, 3] != 0).any()):
             warnings.warn(
                 "backsolve adjoint: the backward solve failed for some trajectories "
@@ -438,6 +440,32 @@ class _Backsolve(torch.autograd.Function):
                 RuntimeWarning,
             )
         return (None, gp if ctx.needs_input_grad[1] else None, gy0 if ctx.needs_input_grad[2] else None) + (None,) * 13
+
+
+def output_slopes(prob) -> Tensor:
+    """``(T, B, D)`` time derivatives of the dense-output interpolant at the output times
+    (``Traj::out_dot`` of the core; row 0 zeros, NaN after a failure): a forward solve without
+    gradients, making the same steps as ``solve``."""
+    lib = _lib()
+    with torch.no_grad():
+        spec = _spec_for(prob.func, None, prob.module_tensors)
+        params = spec.params.detach().to(prob.y0.dtype)
+        y0 = prob.y0.detach()
+        out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = problem_tensors(prob, spec)
+        ev_a = ev_a.detach()
+        args = (spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
+        _check(*args, prob.max_steps)
+        ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _contig(*args)
+        B, D = y0.shape
+        T = out_t.shape[1]
+        y = torch.empty(T, B, D, dtype=y0.dtype)
+        slopes = torch.empty(T, B, D, dtype=y0.dtype)
+        stats = torch.empty(B, 4, dtype=torch.int64)
+        if B > 0:
+            a = _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, prob.rtol, prob.atol, prob.max_steps, 0)
+            a["out_dot"] = slopes.data_ptr()
+            lib.cpu_solve(a, y0.dtype == torch.float64, y.data_ptr(), stats.data_ptr())
+    return slopes
 
 
 def problem_tensors(prob, spec):

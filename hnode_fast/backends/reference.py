@@ -9,10 +9,10 @@ from ..reference.engine import integrate
 from ..reference.problem import build_stops, dose_delta, make_fun
 
 
-def solve(prob):
-    """``Problem -> (y (T, B, D), Stats)``."""
+def _engine_args(prob, left: bool = False):
+    """``(fun, stops, jump)`` of the engine for a validated Problem."""
     shared = prob.step_mode == "shared"
-    fun = make_fun(prob.func, prob.field_like, prob.inputs, prob.squeeze, shared, prob.y0.dtype)
+    fun = make_fun(prob.func, prob.field_like, prob.inputs, prob.state_shape, shared, prob.y0.dtype, left=left)
     stops = build_stops(prob.out_t, prob.events, prob.inputs)
     jump = None
     if prob.events is not None:
@@ -20,16 +20,46 @@ def solve(prob):
         def jump(y, t, hit):
             return y + dose_delta(prob.events, t, hit, y.shape, y.dtype)
 
+    return fun, stops, jump
+
+
+def solve(prob):
+    """``Problem -> (y (T, B, D), Stats)``."""
+    fun, stops, jump = _engine_args(prob)
     if prob.adjoint == "discrete":
-        y, _, stats = integrate(fun, prob.y0, prob.out_t, prob.rtol, prob.atol, prob.step_mode, prob.max_steps, stops, jump)
+        y, _, stats = integrate(
+            fun, prob.y0, prob.out_t, prob.rtol, prob.atol, prob.step_mode, prob.max_steps, stops, jump, first_step=prob.first_step
+        )
         return y, stats
     if prob.events is not None and prob.events.amounts.requires_grad:
         raise NotImplementedError("adjoint='backsolve' gives no gradient to events.amounts; use adjoint='discrete'")
     params = [p for p in prob.func.parameters() if p.requires_grad] if isinstance(prob.func, torch.nn.Module) else []
     prob.fun = fun
-    prob.fun_left = make_fun(prob.func, prob.field_like, prob.inputs, prob.squeeze, shared, prob.y0.dtype, left=True)
+    prob.fun_left = _engine_args(prob, left=True)[0]
     prob.stops = stops
     prob.jump = jump
     prob.params = params
     y = BacksolveFunction.apply(prob, prob.y0, *params)
     return y, prob.stats
+
+
+def output_slopes(prob):
+    """``(T, B, N)`` time derivatives of the dense-output interpolant at the output times (a
+    forward solve without gradients; the same steps as ``solve``)."""
+    fun, stops, jump = _engine_args(prob)
+    slopes: list = []
+    with torch.no_grad():
+        integrate(
+            fun,
+            prob.y0.detach(),
+            prob.out_t,
+            prob.rtol,
+            prob.atol,
+            prob.step_mode,
+            prob.max_steps,
+            stops,
+            jump,
+            first_step=prob.first_step,
+            slopes_out=slopes,
+        )
+    return slopes[0]

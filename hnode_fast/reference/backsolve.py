@@ -7,10 +7,12 @@ Forward: solve without storing the graph. Backward: integrate, in reversed time
 
 from ``tau = -t_end`` (``y(t_end)``, ``a = dL/dy(t_end)``) to ``tau = -t0`` with the same
 adaptive DP5 (error control on ``(y, a)``; ``g`` is integrated by the same quadrature and
-left out of the error norm). At every earlier output time ``a += dL/dy(t_j)``; at every dose
-``y -= amount``. The gradient is that of the exact ODE solution, approximated to the solver
-tolerance: it is NOT the exact gradient of the computed forward solution (use
-``adjoint="discrete"`` for that). Dose amounts get no gradient here.
+left out of the error norm). At every earlier output time ``a += dL/dy(t_j)`` and ``y`` is reset
+to the forward solution stored there (torchdiffeq's ``odeint_adjoint`` does the same: the
+backward re-integration of ``y`` is unstable over long spans); at every dose ``y -= amount``.
+The gradient is that of the exact ODE solution, approximated to the solver tolerance: it is NOT
+the exact gradient of the computed forward solution (use ``adjoint="discrete"`` for that). Dose
+amounts get no gradient here.
 """
 
 from __future__ import annotations
@@ -29,16 +31,25 @@ class BacksolveFunction(torch.autograd.Function):
     def forward(ctx, prob, y0, *params):
         with torch.no_grad():
             out, yT, stats = integrate(
-                prob.fun, y0, prob.out_t, prob.rtol, prob.atol, prob.step_mode, prob.max_steps, prob.stops, prob.jump
+                prob.fun,
+                y0,
+                prob.out_t,
+                prob.rtol,
+                prob.atol,
+                prob.step_mode,
+                prob.max_steps,
+                prob.stops,
+                prob.jump,
+                first_step=getattr(prob, "first_step", None),
             )
         prob.stats = stats
         ctx.prob = prob
-        ctx.save_for_backward(yT)
+        ctx.save_for_backward(yT, out)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (yT,) = ctx.saved_tensors
+        yT, fwd_out = ctx.saved_tensors
         prob = ctx.prob
         params = prob.params
         B, D = yT.shape
@@ -55,7 +66,8 @@ class BacksolveFunction(torch.autograd.Function):
             with torch.enable_grad():
                 yv = y.detach().requires_grad_(True)
                 fy = fun_left(-tau, yv, -tau_seg)
-                (vj,) = torch.autograd.grad(fy, yv, a, allow_unused=True)
+                # a func independent of y (and of any parameter) gives an output without grad
+                (vj,) = torch.autograd.grad(fy, yv, a, allow_unused=True) if fy.requires_grad else (None,)
             if vj is None:
                 vj = torch.zeros_like(a)
             return torch.cat([-fy.detach(), vj], dim=1)
@@ -70,8 +82,12 @@ class BacksolveFunction(torch.autograd.Function):
                 for i in stage_ids:
                     w = (h * dp.B[i] * accept.to(h.dtype)).to(yT.dtype)[:, None]
                     yi = Ys[i][:, :D].detach()
-                    outs.append(fun_left(-(tau + dp.C[i] * h), yi, -tau))
-                    cots.append(Ys[i][:, D:].detach() * w)
+                    o = fun_left(-(tau + dp.C[i] * h), yi, -tau)
+                    if o.requires_grad:
+                        outs.append(o)
+                        cots.append(Ys[i][:, D:].detach() * w)
+                if not outs:
+                    return
                 gs = torch.autograd.grad(outs, params, cots, allow_unused=True)
             for acc, gi in zip(g_acc, gs):
                 if gi is not None:
@@ -89,12 +105,18 @@ class BacksolveFunction(torch.autograd.Function):
 
         def jump(Z, tau, hit):
             y, a = Z[:, :D], Z[:, D:]
+            if prob.events is not None:
+                y = y + dose_delta(prob.events, -tau, hit, y.shape, y.dtype, sign=-1.0)
             sel = (-out_t[:, :-1] == tau[:, None]) & hit[:, None]
             if bool(sel.any()):
                 bb, jj = torch.nonzero(sel, as_tuple=True)
                 a = a.index_put((bb,), grad_out[jj, bb], accumulate=True)
-            if prob.events is not None:
-                y = y + dose_delta(prob.events, -tau, hit, y.shape, y.dtype, sign=-1.0)
+                # re-anchor (as torchdiffeq's odeint_adjoint): the state is reset to the stored
+                # forward output (the pre-dose left limit at a dose time); rows whose forward
+                # output is not finite (a failed forward) keep the backward state
+                anchor = fwd_out[jj, bb]
+                ok = torch.isfinite(anchor).all(dim=1)
+                y = y.index_put((bb[ok],), anchor[ok])
             return torch.cat([y, a], dim=1)
 
         Z0 = torch.cat([yT, grad_out[-1]], dim=1)

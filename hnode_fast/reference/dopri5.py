@@ -129,3 +129,16 @@ def dense_output(K, y_old, h, x):
         term = K[j] * coef[:, None]
         acc = term if acc is None else acc + term
     return y_old + h.to(dtype)[:, None] * acc
+
+
+def dense_slope(K, x):
+    """Time derivative of :func:`dense_output` at ``x``: ``sum_j K_j sum_m (m + 1) x^m P[j, m]``
+    (``h`` cancels). ``K`` gathered stage list (each ``(M, N)``), ``x`` float64 ``(M,)``."""
+    dtype = K[0].dtype
+    xp = torch.stack([torch.ones_like(x), 2 * x, 3 * x * x, 4 * x**3], dim=1).to(dtype)  # (M, 4)
+    acc = None
+    for j in range(7):
+        coef = xp @ torch.tensor(P[j], dtype=dtype, device=xp.device)  # (M,)
+        term = K[j] * coef[:, None]
+        acc = term if acc is None else acc + term
+    return acc

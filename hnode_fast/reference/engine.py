@@ -57,6 +57,8 @@ def integrate(
     stops: Optional[torch.Tensor] = None,
     jump: Optional[Callable] = None,
     on_accept: Optional[Callable] = None,
+    first_step: Optional[float] = None,
+    slopes_out: Optional[list] = None,
 ):
     """Integrate ``dy/dt = fun(t, y, t_seg)`` per row over ``out_t[b, 0] .. out_t[b, -1]``.
 
@@ -70,6 +72,11 @@ def integrate(
             the integrator restarts (fresh ``f`` and initial step). Outputs at a stop report
             the state before the jump. Stops equal to ``t0`` jump before the first step.
         on_accept: optional ``(accept (B,) bool, t_old, h, Ys, K) -> None`` after each attempt.
+        first_step: the size of the first step (torchdiffeq's ``options["first_step"]``) instead
+            of the initial-step heuristic; later restarts (after stops) use the heuristic.
+        slopes_out: a list to which the ``(T, B, N)`` time derivatives of the dense-output
+            interpolant at the output times are appended (detached; row 0 zeros, NaN after a
+            failure): the derivative of the computed solution with respect to ``out_t``.
 
     Returns ``(out (T, B, N), y_final (B, N), Stats)``; outputs of failed rows after the failure
     are NaN.
@@ -86,10 +93,12 @@ def integrate(
         stops = torch.full((B, 1), float("inf"), dtype=f64, device=dev)
     stops = torch.cat([stops, torch.full((B, 1), float("inf"), dtype=f64, device=dev)], dim=1)
 
-    out_b, out_j, out_v = [], [], []
+    out_b, out_j, out_v, out_s = [], [], [], []
     out_b.append(torch.arange(B, device=dev))
     out_j.append(torch.zeros(B, dtype=torch.long, device=dev))
     out_v.append(y0)
+    out_s.append(torch.zeros_like(y0.detach()))
+    first = first_step is not None
 
     y = y0
     if jump is not None:
@@ -122,11 +131,17 @@ def integrate(
         if bool(need_init.any()):
             seg_end = seg_end_now()
             f_new = fun(t, y, t)
-            h0 = dp.initial_step(fun, t, y, f_new, seg_end - t, rtol, atol, norm, t)
+            if first and first_step is not None:  # the user's first step (one evaluation, no heuristic), clipped
+                h0 = torch.minimum(torch.full_like(t, float(first_step)), seg_end - t)
+                first = False
+                n_init = 1
+            else:
+                h0 = dp.initial_step(fun, t, y, f_new, seg_end - t, rtol, atol, norm, t)
+                n_init = 2
             ni = need_init[:, None]
             f = torch.where(ni, f_new, f)
             h_abs = torch.where(need_init, h0, h_abs)
-            nfe = nfe + 2 * need_init.long()
+            nfe = nfe + n_init * need_init.long()
             finite0 = torch.isfinite(f_new.detach()).all(dim=1)
             if shared:
                 finite0 = finite0.all().expand(B)
@@ -189,6 +204,9 @@ def integrate(
             out_b.append(bb)
             out_j.append(jj)
             out_v.append(vals)
+            if slopes_out is not None:
+                with torch.no_grad():
+                    out_s.append(dp.dense_slope([k[bb].detach() for k in K], x))
 
         acc2 = accept[:, None]
         y = torch.where(acc2, y_new, y)
@@ -225,6 +243,9 @@ def integrate(
     vv = torch.cat(out_v)
     out = torch.full((T, B, N), float("nan"), dtype=y0.dtype, device=dev)
     out = out.index_put((jj, bb), vv)
+    if slopes_out is not None:
+        slopes = torch.full((T, B, N), float("nan"), dtype=y0.dtype, device=dev)
+        slopes_out.append(slopes.index_put((jj, bb), torch.cat(out_s)))
     st = torch.stack(step_times, 1) if step_times else torch.zeros(B, 0, dtype=f64, device=dev)
     # drop columns where no row accepted
     if st.numel():

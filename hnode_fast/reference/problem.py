@@ -9,13 +9,15 @@ import torch
 from ..events import Events, Inputs
 
 
-def make_fun(func, field_like: bool, inputs: Optional[Inputs], squeeze: bool, shared: bool, dtype, left: bool = False):
+def make_fun(func, field_like: bool, inputs: Optional[Inputs], state_shape, shared: bool, dtype, left: bool = False):
     """Engine callback ``(t (B,) f64, y (B, N), t_seg (B,) f64) -> (B, N)`` in forward time.
 
     HybridFields get ``u`` looked up at the step start ``t_seg`` (``left=True``: the left limit,
-    used when integrating backwards in time). Plain callables get ``t`` as a tensor of the state
-    dtype: shape ``(B,)`` in ``step_mode="per_sample"`` (torchode's convention), a scalar in
-    ``"shared"`` mode or for a single ``(D,)`` trajectory (torchdiffeq's), and ``y`` as given.
+    used when integrating backwards in time). Plain callables: with ``state_shape`` (one state of
+    that shape, ``B = 1``: torchdiffeq's semantics) ``func`` gets a 0-dim ``t`` and ``y`` of
+    ``state_shape``; else (``step_mode="per_sample"``) ``t`` of shape ``(B,)`` and ``y (B, N)``
+    (torchode's convention). ``t`` has the state's dtype. The first evaluation checks that
+    ``func`` returns a tensor of the state's shape (``ValueError`` naming both shapes).
     """
     if field_like:
 
@@ -25,13 +27,36 @@ def make_fun(func, field_like: bool, inputs: Optional[Inputs], squeeze: bool, sh
 
         return field_fun
 
-    def fun(t, y, t_seg):
-        if squeeze:
-            out = func(t[0].to(dtype), y[0])
-            return out.reshape(1, -1)
-        tt = t[0].to(dtype) if shared else t.to(dtype)
-        return func(tt, y)
+    checked = [False]
 
+    def check(out, want):
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"func must return a torch.Tensor, got {type(out).__name__}")
+        if out.shape != want:
+            raise ValueError(
+                f"func returned a tensor of shape {tuple(out.shape)} for a state of shape {tuple(want)}: "
+                "dy/dt must have the state's shape (no broadcasting)"
+            )
+        checked[0] = True
+
+    if state_shape is not None:
+
+        def fun_one(t, y, t_seg):
+            ys = y.reshape(state_shape)
+            out = func(t[0].to(dtype), ys)
+            if not checked[0]:
+                check(out, ys.shape)
+            return out.reshape(1, -1)
+
+        return fun_one
+
+    def fun(t, y, t_seg):
+        out = func(t.to(dtype), y)
+        if not checked[0]:
+            check(out, y.shape)
+        return out
+
+    del shared  # (the time shape follows from state_shape)
     return fun
 
 

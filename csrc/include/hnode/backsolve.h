@@ -141,33 +141,43 @@ HNODE_HD int bs_build_stops(const Traj<T>& tr, double* s) {
   return n;
 }
 
-// The jump at a stop tau: a += dL/dy(t_j) where -t_j == tau (j < T-1); y -= the doses at -tau.
+// The jump at a stop tau: y -= the doses at -tau; then, where -t_j == tau (j < T-1),
+// a += dL/dy(t_j) and y is reset to the forward output y_fwd(t_j) if it is finite (re-anchoring,
+// as torchdiffeq's odeint_adjoint: the forward output is the pre-dose left limit, so the dose
+// is subtracted first). g_out and y_fwd: output j at + j * g_stride.
 template <class T>
-HNODE_HD_INLINE void bs_jump(const Traj<T>& tr, int D, double tau, T* z, const T* g_out, long long g_stride,
-                             T* delta) {
+HNODE_HD_INLINE void bs_jump(const Traj<T>& tr, int D, double tau, T* z, const T* g_out, const T* y_fwd,
+                             long long g_stride, T* delta) {
+  const double t = -tau;
+  bool any = false;
+  for (int e = 0; e < tr.n_ev; ++e) any |= (tr.ev_t[e] == t);
+  if (any) {
+    for (int d = 0; d < D; ++d) delta[d] = T(0);
+    for (int e = 0; e < tr.n_ev; ++e)
+      if (tr.ev_t[e] == t) delta[tr.ev_s[e]] += -tr.ev_a[e];
+    for (int d = 0; d < D; ++d) z[d] = z[d] + delta[d];
+  }
   for (int j = 0; j + 1 < tr.n_out; ++j) {
     if (-tr.out_t[j] == tau) {
       const T* g = g_out + j * g_stride;
       for (int d = 0; d < D; ++d) z[D + d] = z[D + d] + g[d];
+      const T* yj = y_fwd + j * g_stride;
+      bool fin = true;
+      for (int d = 0; d < D; ++d) fin &= fm::isfin(yj[d]);
+      if (fin)
+        for (int d = 0; d < D; ++d) z[d] = yj[d];
     }
   }
-  const double t = -tau;
-  bool any = false;
-  for (int e = 0; e < tr.n_ev; ++e) any |= (tr.ev_t[e] == t);
-  if (!any) return;
-  for (int d = 0; d < D; ++d) delta[d] = T(0);
-  for (int e = 0; e < tr.n_ev; ++e)
-    if (tr.ev_t[e] == t) delta[tr.ev_s[e]] += -tr.ev_a[e];
-  for (int d = 0; d < D; ++d) z[d] = z[d] + delta[d];
 }
 
 // The backward solve of one trajectory. yT: the final forward state (D); g_out: incoming
 // gradient of the outputs, output j at g_out + j * g_stride (non-finite values already
-// replaced). Accumulates into gp (P); writes g_y0 (D) and stats [n_steps, n_rejected, nfe,
+// replaced); y_fwd: the forward outputs, same layout (the state is re-anchored to them). Accumulates into gp (P); writes g_y0 (D) and stats [n_steps, n_rejected, nfe,
 // status] of the backward solve (stats may be null). Returns the status.
 template <class T>
 HNODE_HD int backsolve_one(const FieldView<T>& v, const SolveCfg& cfg, const Traj<T>& tr, const T* yT,
-                           const T* g_out, long long g_stride, BsWork<T>& w, T* gp, T* g_y0, long long* stats) {
+                           const T* g_out, const T* y_fwd, long long g_stride, BsWork<T>& w, T* gp, T* g_y0,
+                           long long* stats) {
   const int D = v.D, K = v.K, A = w.A, N = 2 * D;
   if (tr.n_out <= 1) {
     for (int d = 0; d < D; ++d) g_y0[d] = g_out[d];
@@ -191,7 +201,7 @@ HNODE_HD int backsolve_one(const FieldView<T>& v, const SolveCfg& cfg, const Tra
     z[D + d] = g_last[d];
   }
   if (count_le(stops, n_stops, s.t) > 0 && stops[count_le(stops, n_stops, s.t) - 1] == s.t)
-    bs_jump<T>(tr, D, s.t, z, g_out, g_stride, w.zs);
+    bs_jump<T>(tr, D, s.t, z, g_out, y_fwd, g_stride, w.zs);
   s.ptr = count_le(stops, n_stops, s.t);
   s.need_init = s.t < s.t_end;
   bool active = s.need_init, reached = false;
@@ -238,7 +248,7 @@ HNODE_HD int backsolve_one(const FieldView<T>& v, const SolveCfg& cfg, const Tra
       break;
     }
     if (accept && s.t >= seg_end) {
-      if (next_stop(stops, n_stops, s.ptr) == s.t) bs_jump<T>(tr, D, s.t, z, g_out, g_stride, w.zs);
+      if (next_stop(stops, n_stops, s.ptr) == s.t) bs_jump<T>(tr, D, s.t, z, g_out, y_fwd, g_stride, w.zs);
       s.ptr = count_le(stops, n_stops, s.t);
       s.need_init = true;
     }

@@ -163,4 +163,17 @@ HNODE_HD_INLINE void dp5_dense(const DPCoef<T>& C, int D, const T* K, const T* y
   }
 }
 
+// d/dt of dp5_dense at x = (t - t_n) / h: sum_j K_j sum_m (m + 1) x^m P[j][m] (h cancels).
+template <class T>
+HNODE_HD_INLINE void dp5_dense_slope(const DPCoef<T>& C, int D, const T* K, double x, T* out) {
+  const T x1 = (T)(2.0 * x), x2 = (T)(3.0 * x * x), x3 = (T)(4.0 * x * x * x);
+  T c[7];
+  for (int i = 0; i < 7; ++i) c[i] = C.p[i][0] + x1 * C.p[i][1] + x2 * C.p[i][2] + x3 * C.p[i][3];
+  for (int d = 0; d < D; ++d) {
+    T acc = K[d] * c[0];
+    for (int j = 1; j < 7; ++j) acc = acc + K[j * D + d] * c[j];
+    out[d] = acc;
+  }
+}
+
 HNODE_NAMESPACE_END  // namespace hnode

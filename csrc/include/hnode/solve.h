@@ -36,6 +36,9 @@ struct Traj {
   int n_sw = 0;
   T* out = nullptr;  // output j, state d at out[j * out_stride + d]
   long long out_stride = 0;
+  // optional: d/dt of the dense-output interpolant at each output time, same layout as out
+  // (row 0 is 0; the gradient with respect to the output times, see hf.odeint)
+  T* out_dot = nullptr;
   long long* stats = nullptr;  // [n_steps, n_rejected, nfe, status]
 };
 
@@ -129,6 +132,11 @@ HNODE_HD bool solve_begin(const Traj<T>& tr, int D, SolveState& s, T* y, T* scra
   for (int d = 0; d < D; ++d) {
     y[d] = tr.y0[d];
     tr.out[d] = tr.y0[d];
+  }
+  if (tr.out_dot) {
+    for (int d = 0; d < D; ++d) tr.out_dot[d] = T(0);
+    for (int j = 1; j < tr.n_out; ++j)
+      for (int d = 0; d < D; ++d) tr.out_dot[j * tr.out_stride + d] = (T)NAN;
   }
   // doses at t0 (the reference jumps when any stop equals t0)
   apply_doses<T>(tr, D, s.t, y, scratch);
@@ -233,6 +241,7 @@ HNODE_HD bool solve_after_step(const DPCoef<T>& C, const SolveCfg& cfg, const Tr
       } else {
         dp5_dense<T>(C, D, Kb, y, h, (tq - t) / h, o);
       }
+      if (tr.out_dot) dp5_dense_slope<T>(C, D, Kb, (tq - t) / h, tr.out_dot + s.jo * tr.out_stride);
       ++s.jo;
     }
     for (int d = 0; d < D; ++d) {

@@ -10,7 +10,8 @@ Same algorithm as :mod:`hnode_fast.reference.backsolve` (O(1) memory, approximat
   from ``(y(t_end), dL/dy(t_end))`` to ``t0`` with the reference engine's adaptive DP5
   (:func:`hnode_fast.reference.engine.integrate`: per-sample steps, error control on ``(y, a)``,
   stops at earlier output times (``a += dL/dy(t_j)``), doses (``y -= amount``) and input
-  switches, inputs read as left limits). ``g`` is the same quadrature as the reference's
+  switches, inputs read as left limits; at output times the state is reset to the forward
+  output, as torchdiffeq's ``odeint_adjoint``). ``g`` is the same quadrature as the reference's
   (``sum_i h b_i a_i^T df/dtheta(y_i)`` over the stages of each accepted step), left out of the
   error norm.
 
@@ -51,12 +52,12 @@ class TritonBacksolveFunction(torch.autograd.Function):
             out, yT, stats = triton_integrate(dataclasses.replace(prob, y0=y0.detach()), fplan, allow_tf32, sync_every)
         holder.append(stats)
         ctx.prob, ctx.plan, ctx.allow_tf32 = prob, fplan, allow_tf32
-        ctx.save_for_backward(yT)
+        ctx.save_for_backward(yT, out)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (yT,) = ctx.saved_tensors
+        yT, fwd_out = ctx.saved_tensors
         prob, plan, allow_tf32 = ctx.prob, ctx.plan, ctx.allow_tf32
         n_t = len(plan.tensors)
         want = [bool(x) for x in ctx.needs_input_grad[6 : 6 + n_t]]
@@ -110,12 +111,15 @@ class TritonBacksolveFunction(torch.autograd.Function):
 
         def jump(Z, tau, hit):
             y, a = Z[:, :D], Z[:, D:]
+            if prob.events is not None:
+                y = y + dose_delta(prob.events, -tau, hit, y.shape, y.dtype, sign=-1.0)
             sel = (-out_t[:, :-1] == tau[:, None]) & hit[:, None]
             if bool(sel.any()):
                 bb, jj = torch.nonzero(sel, as_tuple=True)
                 a = a.index_put((bb,), grad_out[jj, bb], accumulate=True)
-            if prob.events is not None:
-                y = y + dose_delta(prob.events, -tau, hit, y.shape, y.dtype, sign=-1.0)
+                anchor = fwd_out[jj, bb]  # re-anchor to the forward output (finite rows), as the reference
+                ok = torch.isfinite(anchor).all(dim=1)
+                y = y.index_put((bb[ok],), anchor[ok])
             return torch.cat([y, a], dim=1)
 
         Z0 = torch.cat([yT, grad_out[-1]], dim=1)
