@@ -5,6 +5,7 @@ Quick start::
     import torch, hnode_fast as hf
     mech = hf.MechanisticGraph(2, [hf.Linear(0, 1, 1.2), hf.Linear(1, None, 0.3)])
     field = hf.HybridField(mech=mech, nn=hf.MaskedMLP(2, 2, hidden=(16,)))
+    print(field.describe())  # the equations: dz0/dt = -1.2*z0 + nn[0](z0, z1), ...
     y = hf.odeint(field, torch.tensor([[5.0, 0.0]]), torch.linspace(0, 10, 20))  # (T, B, D)
 """
 

@@ -61,7 +61,8 @@ def run(
     backend: str = "auto",
     epochs: Optional[Dict[str, int]] = None,
 ) -> Dict[str, Any]:
-    """Fit the three models; returns ``{"table": {model: metrics}, "plot", "train_ids", "test_ids"}``.
+    """Fit the three models; returns ``{"table": {model: metrics}, "plot", "train_ids", "test_ids",
+    "equations": {model: field.describe()}}``.
 
     ``epochs`` overrides the schedule (keys ``mech, bb, hyb, retrain``)."""
     torch.manual_seed(seed)
@@ -145,7 +146,8 @@ def run(
         except ImportError:
             print("matplotlib not installed: no plot (pip install 'hnode_fast[plot]')")
             plot = ""
-    return {"table": table, "plot": plot, "train_ids": train.ids, "test_ids": test.ids}
+    equations = {name: f.describe(digits=4) for name, (f, _) in fields.items()}
+    return {"table": table, "plot": plot, "train_ids": train.ids, "test_ids": test.ids, "equations": equations}
 
 
 def _plot(path, fields, test, tol):
@@ -211,6 +213,8 @@ def main(argv=None) -> int:
             f"{name:<13}{r['test_rmse']:>10.3f}{r['train_rmse']:>11.3f}{r['nonzero_params']:>9d}{spars:>10}"
             f"{r['nfe']:>7.0f}{r['seconds']:>7.1f}"
         )
+    for name in ("mechanistic", "hybrid"):
+        print(f"fitted {name} model: {out['equations'][name]}")
     if out["plot"]:
         print(f"plot: {out['plot']}")
     if a.json:

@@ -124,6 +124,9 @@ def test_demo_pipeline_smoke(tmp_path, capsys):
     assert 0.75 <= out["table"]["hybrid"]["sparsity"] <= 0.85
     assert (tmp_path / "demo.png").stat().st_size > 1000
     assert len(out["test_ids"]) == 4 and not set(out["test_ids"]) & set(out["train_ids"])
+    eq = out["equations"]
+    assert eq["mechanistic"].splitlines()[1].startswith("  ddepot/dt   = -") and "nn[" not in eq["mechanistic"]
+    assert "dcentral/dt = +" in eq["hybrid"] and "nn: MaskedMLP 2 -> 32 -> 2, elu;" in eq["hybrid"]
 
 
 def test_demo_json_is_strict(capsys):

@@ -261,5 +261,16 @@ class MaskedMLP(nn.Module):
                 x = apply_activation(x, self.act_code)
         return x
 
+    def mask_paths(self) -> torch.Tensor:
+        """``(out_dim, in_dim)`` bool: ``[i, j]`` is True when a path of unmasked weights connects
+        input ``j`` to output ``i`` (``M_L ... M_1`` as a boolean product; the masks only, so
+        unmasked weights that happen to be zero, closed L0 gates and zero HGS edge weights still
+        count as a path)."""
+        with torch.no_grad():
+            reach = self.masks[0].detach().cpu().to(torch.float64)
+            for m in self.masks[1:]:
+                reach = ((m.detach().cpu().to(torch.float64) @ reach) > 0).to(torch.float64)
+        return reach > 0
+
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}, hidden={self.hidden}, activation={self.activation!r}, gates={self.gates!r}"
