@@ -29,9 +29,9 @@ from .fields import (
     MechanisticGraph,
     MichaelisMenten,
 )
-from .reference.engine import Stats
 from .solve import odeint
 from .train import FitResult, Observe, evaluate, fit, predict, prune_retrain, select_regularization  # noqa: E402
+from .types import Stats, Status
 
 
 def build_info() -> dict:
@@ -57,6 +57,7 @@ __all__ = [
     "MechanisticGraph",
     "MichaelisMenten",
     "Stats",
+    "Status",
     "odeint",
     "build_info",
     "sparsity",

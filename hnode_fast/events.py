@@ -4,6 +4,7 @@ exogenous inputs (:class:`Inputs`). Both restart the integrator at their times."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -115,3 +116,15 @@ class Inputs:
         vals = self.values.to(t.device)
         out = vals[torch.arange(vals.shape[0], device=t.device), j.clamp(min=0)]
         return torch.where((j >= 0)[:, None], out, torch.zeros_like(out))
+
+
+def build_stops(out_t: torch.Tensor, events: Optional[Events], inputs: Optional[Inputs]) -> Optional[torch.Tensor]:
+    """Sorted float64 breakpoints ``(B, S)``: dose times and input switch times (``+inf`` pads)."""
+    parts = []
+    if events is not None:
+        parts.append(events.times.to(out_t.device, torch.float64))
+    if inputs is not None:
+        parts.append(inputs.times.to(out_t.device, torch.float64))
+    if not parts:
+        return None
+    return torch.sort(torch.cat(parts, dim=1), dim=1).values

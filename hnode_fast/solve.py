@@ -6,6 +6,7 @@ to a backend (``hnode_fast.backends``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -16,7 +17,7 @@ import torch
 from . import _hostcheck
 from .events import Events, Inputs
 from .fields.hybrid import HybridField
-from .reference.engine import Stats
+from .types import Stats
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 ADJOINTS = ("discrete", "backsolve")
@@ -43,7 +44,7 @@ _OTHER_METHODS = (
 _OPTIONS = ("first_step", "max_num_steps")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Problem:
     """A validated solve, as backends receive it. ``y0 (B, D)``; ``out_t`` float64 ``(B, T)``."""
 
@@ -75,8 +76,7 @@ class Problem:
 
     def run_checks(self) -> None:
         """Raise ``ValueError`` for the first failed deferred check (graph-breaks under compile)."""
-        checks, self.checks = self.checks, []
-        for ok, msg in checks:
+        for ok, msg in self.checks:
             if not bool(ok):
                 raise ValueError(msg)
 
@@ -416,7 +416,7 @@ def odeint(
     name = backends.resolve(prob, backend)
     t_grad = isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled()
     if t_grad:
-        y_start, tg = _time_grad_start(prob, t, name)
+        prob, y_start, tg = _time_grad_start(prob, t, name)
     y, stats = backends.run(prob, name)
     if t_grad:
         y = _time_grad_outputs(prob, name, y, y_start, tg)
@@ -425,9 +425,9 @@ def odeint(
 
 
 def _time_grad_start(prob: Problem, t: torch.Tensor, name: str):
-    """Gradients with respect to ``t`` (see ``odeint``): replace ``prob.y0`` by
-    ``y0 - (t0 - t0.detach()) f(t0, y0)`` (same value; ``dL/dt0 = -dL/dy0 . f``). Returns the
-    original ``y0`` (output row 0 does not move with ``t0``) and ``t`` as float64 ``(B, T)``."""
+    """Gradients with respect to ``t`` (see ``odeint``): the problem with ``y0`` replaced by
+    ``y0 - (t0 - t0.detach()) f(t0, y0)`` (same value; ``dL/dt0 = -dL/dy0 . f``), the original
+    ``y0`` (output row 0 does not move with ``t0``) and ``t`` as float64 ``(B, T)``."""
     from .backends import supports_time_grad
     from .reference.problem import make_fun
 
@@ -447,8 +447,8 @@ def _time_grad_start(prob: Problem, t: torch.Tensor, name: str):
     t0 = prob.out_t[:, 0]
     with torch.no_grad():
         f0 = f(t0, y_start.detach(), t0)
-    prob.y0 = y_start - (tg[:, :1] - tg[:, :1].detach()).to(y_start.dtype) * f0
-    return y_start, tg
+    y0 = y_start - (tg[:, :1] - tg[:, :1].detach()).to(y_start.dtype) * f0
+    return dataclasses.replace(prob, y0=y0), y_start, tg
 
 
 def _time_grad_outputs(prob: Problem, name: str, y: torch.Tensor, y_start: torch.Tensor, tg: torch.Tensor) -> torch.Tensor:

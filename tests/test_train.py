@@ -77,7 +77,15 @@ def test_select_regularization_kfold():
         return f, None
 
     best, scores = hf.select_regularization(make, data, "l1", [1e-4, 1.0], k=2, epochs=5, lr=0.01)
-    assert set(scores) == {1e-4, 1.0} and best in scores
+    assert set(scores) == {1e-4, 1.0}
+    assert best == min(scores, key=scores.__getitem__)
+    # each score is the mean over the k folds (by subject) of fit's best validation loss
+    for lam in (1e-4, 1.0):
+        vals = []
+        for train, val in data.kfold(2, seed=0):
+            field, observe = make()
+            vals.append(hf.fit(field, train, observe=observe, val=val, reg={"l1": lam}, seed=0, progress=False, epochs=5, lr=0.01).best_val)
+        assert math.isfinite(scores[lam]) and scores[lam] == pytest.approx(sum(vals) / 2, rel=1e-12)
 
 
 def test_prune_retrain_reaches_fractions():

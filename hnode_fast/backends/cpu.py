@@ -41,9 +41,9 @@ import torch
 from torch import Tensor
 
 from .. import _hostcheck, _native
+from ..events import build_stops
 from ..fields.spec import FieldSpec, SpecStructure, gather_params, spec_structure, structure_matches
-from ..reference.engine import Stats
-from ..reference.problem import build_stops
+from ..types import Stats
 
 
 def _lib():
@@ -713,7 +713,6 @@ def solve(prob):
     if checks:
         chk = torch.stack([c.reshape(()).to(device="cpu", dtype=torch.bool) for c, _ in checks])
         msgs = "\n".join(m.replace("\n", " ") for _, m in checks)
-        prob.checks = []
     needs_graph = torch.is_grad_enabled() and (params.requires_grad or prob.y0.requires_grad or ev_a.requires_grad)
     if prob.adjoint == "backsolve" and needs_graph:
         # continuous adjoint: no checkpoints, O(1) memory in the number of steps

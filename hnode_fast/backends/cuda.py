@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
-from ..reference.engine import Stats
+from ..types import Stats
 from . import cpu as _cpu
 
 # Global scratch (generic-path workspace, the adjoint's per-thread gradient partials): None sizes

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 import torch
 
 from ..reference.backsolve import BacksolveFunction
@@ -34,13 +37,13 @@ def solve(prob):
     if prob.events is not None and prob.events.amounts.requires_grad:
         raise NotImplementedError("adjoint='backsolve' gives no gradient to events.amounts; use adjoint='discrete'")
     params = [p for p in prob.func.parameters() if p.requires_grad] if isinstance(prob.func, torch.nn.Module) else []
-    prob.fun = fun
-    prob.fun_left = _engine_args(prob, left=True)[0]
-    prob.stops = stops
-    prob.jump = jump
-    prob.params = params
-    y = BacksolveFunction.apply(prob, prob.y0, *params)
-    return y, prob.stats
+    # the backsolve adjoint's own record (the Problem stays as validated): the engine callbacks,
+    # the parameters to differentiate, and a slot for the forward's stats
+    run = SimpleNamespace(**{f.name: getattr(prob, f.name) for f in dataclasses.fields(prob)})
+    run.fun, run.fun_left = fun, _engine_args(prob, left=True)[0]
+    run.stops, run.jump, run.params, run.stats = stops, jump, params, None
+    y = BacksolveFunction.apply(run, prob.y0, *params)
+    return y, run.stats
 
 
 def output_slopes(prob):

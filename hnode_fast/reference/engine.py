@@ -8,42 +8,15 @@ reference); step sizes, times and accept/reject decisions are detached constants
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
+from ..types import NONFINITE_STREAK as _NONFINITE_STREAK
+from ..types import Stats, Status
 from . import dopri5 as dp
 
-STATUS_OK, STATUS_MAX_STEPS, STATUS_DT_UNDERFLOW, STATUS_NONFINITE = 0, 1, 2, 3
-_NONFINITE_STREAK = 8  # consecutive non-finite attempts before giving up with status 3
-
-
-@dataclass
-class Stats:
-    """Per-trajectory solver statistics, each ``(B,)`` int64 (``step_times`` float64 ``(B, S)``).
-
-    ``status``: 0 ok, 1 max_steps reached, 2 step size underflow, 3 non-finite values.
-    ``step_times``: accepted step end times (NaN padded), used by the local regularizer's
-    biased sampler.
-    """
-
-    n_steps: torch.Tensor
-    n_rejected: torch.Tensor
-    nfe: torch.Tensor
-    status: torch.Tensor
-    step_times: Optional[torch.Tensor] = None
-
-    def __repr__(self) -> str:
-        def s(x):
-            x = x.double()
-            return f"mean {x.mean().item():.1f} max {int(x.max().item())}" if x.numel() else "-"
-
-        ok = int((self.status == 0).sum()) if self.status.numel() else 0
-        return (
-            f"Stats(B={self.status.numel()}, steps {s(self.n_steps)}, rejected {s(self.n_rejected)}, "
-            f"nfe {s(self.nfe)}, ok {ok}/{self.status.numel()})"
-        )
+STATUS_OK, STATUS_MAX_STEPS, STATUS_DT_UNDERFLOW, STATUS_NONFINITE = (int(s) for s in Status)
 
 
 def integrate(

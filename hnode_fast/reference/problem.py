@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..events import Events, Inputs
+from ..events import Events, Inputs, build_stops  # noqa: F401  (build_stops: re-exported)
 
 
 def make_fun(func, field_like: bool, inputs: Optional[Inputs], state_shape, shared: bool, dtype, left: bool = False):
@@ -58,18 +58,6 @@ def make_fun(func, field_like: bool, inputs: Optional[Inputs], state_shape, shar
 
     del shared  # (the time shape follows from state_shape)
     return fun
-
-
-def build_stops(out_t: torch.Tensor, events: Optional[Events], inputs: Optional[Inputs]) -> Optional[torch.Tensor]:
-    """Sorted float64 breakpoints ``(B, S)``: dose times and input switch times (``+inf`` pads)."""
-    parts = []
-    if events is not None:
-        parts.append(events.times.to(out_t.device, torch.float64))
-    if inputs is not None:
-        parts.append(inputs.times.to(out_t.device, torch.float64))
-    if not parts:
-        return None
-    return torch.sort(torch.cat(parts, dim=1), dim=1).values
 
 
 def dose_delta(events: Events, t: torch.Tensor, hit: torch.Tensor, shape, dtype, sign: float = 1.0):

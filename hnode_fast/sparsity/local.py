@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from ..reference import dopri5 as dp
-from ..reference.engine import Stats
+from ..types import Stats
 
 DP5_STABILITY_SIZE = 3.3066
 

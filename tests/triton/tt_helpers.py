@@ -1,9 +1,10 @@
-"""Small random hybrid fields for the Triton tests (own copy: tests/conftest.py is not importable
-from here under pytest's conftest handling)."""
+"""Helpers of the Triton tests: small random hybrid fields (tests/fieldgen.py, the generator the
+rest of the suite uses: tests/conftest.py itself is not importable from here, both directories
+have a conftest.py), leaf specs, a reference step with a differentiable error norm."""
 
 import torch
+from fieldgen import random_field
 
-import hnode_fast as hf
 from hnode_fast.fields.spec import FieldSpec
 from hnode_fast.reference import dopri5 as dp
 from hnode_fast.reference.spec_eval import eval_spec
@@ -11,43 +12,9 @@ from hnode_fast.reference.spec_eval import eval_spec
 f64 = torch.float64
 
 
-def make_field(
-    D=3,
-    hidden=(8,),
-    activation="tanh",
-    n_inputs=0,
-    mech=True,
-    nn=True,
-    nn_inputs=False,
-    mask_density=None,
-    dtype=f64,
-    scale=0.5,
-    full_terms=True,
-):
-    terms = []
-    if mech:
-        for i in range(D):
-            terms.append(hf.Linear(i, (i + 1) % D if D > 1 else None, 0.3 + 0.2 * float(torch.rand(()))))
-        terms.append(hf.Constant(0, 0.1))
-        if full_terms:
-            terms.append(hf.MichaelisMenten(D - 1, None, 0.5, 0.7))
-            terms.append(hf.Hill(0, D - 1, 0.4, 0.8, 2.0))
-            terms.append(hf.Hill(D - 1, 0, 0.3, 0.6, 1.5, repress=True))
-            terms.append(hf.MassAction((0, D - 1), None, 0.05))
-        for k in range(n_inputs):
-            terms.append(hf.Input(k, k % D, 0.7))
-    m = hf.MechanisticGraph(D, terms, n_inputs=n_inputs, dtype=dtype) if mech else None
-    net = None
-    if nn:
-        net = hf.MaskedMLP(D + (n_inputs if nn_inputs else 0), D, hidden=hidden, activation=activation)
-        with torch.no_grad():
-            for layer in net.layers:
-                layer.weight.mul_(scale)
-        if mask_density is not None:
-            for i, layer in enumerate(net.layers):
-                net.set_mask(i, torch.rand(layer.weight.shape) < mask_density)
-    f = hf.HybridField(mech=m, nn=net, n_states=D, n_inputs=n_inputs if (n_inputs and not mech) else None)
-    return f.to(dtype)
+def make_field(D=3, hidden=(8,), full_terms=True, **kw):
+    """tests/fieldgen.random_field (every term kind, smooth Hill exponents), hidden (8,) by default."""
+    return random_field(D=D, hidden=hidden, full_terms=full_terms, **kw)
 
 
 def leaf_spec(field, dtype=f64, device="cpu"):

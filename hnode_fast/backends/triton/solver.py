@@ -21,9 +21,9 @@ import os
 
 import torch
 
+from ...events import build_stops
 from ...reference import dopri5 as dp
-from ...reference.engine import _NONFINITE_STREAK, STATUS_DT_UNDERFLOW, STATUS_MAX_STEPS, STATUS_NONFINITE, Stats
-from ...reference.problem import build_stops
+from ...types import NONFINITE_STREAK, Stats, Status
 from . import ops
 from .plan import build_plan
 
@@ -133,7 +133,7 @@ def integrate(prob, plan, allow_tf32: bool = False, sync_every: int = SYNC_EVERY
                 nfe = nfe + 2 * ni.long()
                 finite0 = torch.isfinite(f_new.detach()).all(dim=1)
                 fail0 = ni & ~finite0
-                status = torch.where(fail0, torch.full_like(status, STATUS_NONFINITE), status)
+                status = torch.where(fail0, torch.full_like(status, int(Status.NONFINITE)), status)
                 active = active & ~fail0
                 fresh = fresh | ni
                 rejected = rejected & ~ni
@@ -144,7 +144,7 @@ def integrate(prob, plan, allow_tf32: bool = False, sync_every: int = SYNC_EVERY
         min_step = 10 * (torch.nextafter(t, torch.full_like(t, float("inf"))) - t).abs()
         h_abs = torch.where(fresh & go, torch.maximum(h_abs, min_step), h_abs)
         under = go & (h_abs < min_step)
-        code = torch.where(bad_streak > 0, STATUS_NONFINITE, STATUS_DT_UNDERFLOW)
+        code = torch.where(bad_streak > 0, int(Status.NONFINITE), int(Status.DT_UNDERFLOW))
         status = torch.where(under, code, status)
         active = active & ~under
         go = go & ~under
@@ -187,10 +187,10 @@ def integrate(prob, plan, allow_tf32: bool = False, sync_every: int = SYNC_EVERY
             y = _dose(prob.events, t, hit_jump, y)
         ptr = torch.where(hit, (stops <= t[:, None]).sum(dim=1), ptr)
         need_init = need_init | hit
-        nonfinite_fail = active & (bad_streak >= _NONFINITE_STREAK)
+        nonfinite_fail = active & (bad_streak >= NONFINITE_STREAK)
         over = active & (n_steps + n_rej >= prob.max_steps)
-        status = torch.where(nonfinite_fail, torch.full_like(status, STATUS_NONFINITE), status)
-        status = torch.where(over & ~nonfinite_fail, torch.full_like(status, STATUS_MAX_STEPS), status)
+        status = torch.where(nonfinite_fail, torch.full_like(status, int(Status.NONFINITE)), status)
+        status = torch.where(over & ~nonfinite_fail, torch.full_like(status, int(Status.MAX_STEPS)), status)
         active = active & ~(nonfinite_fail | over)
 
     st = torch.stack(step_times, 1) if step_times else torch.zeros(B, 0, dtype=f64, device=dev)
