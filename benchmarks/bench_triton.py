@@ -119,7 +119,7 @@ def main(argv=None):
     y0 = torch.rand(B, D, dtype=dtype, device=dev)
     tt = torch.linspace(0, args.t1, 10, dtype=torch.float64, device=dev)
     tol = dict(rtol=args.rtol, atol=args.atol)
-    from hnode_fast.backends.triton.solver import solve as tsolve
+    from hnode_fast.backends.triton.backend import solve as tsolve
     from hnode_fast.solve import _validate
 
     def run_triton(grad=False):

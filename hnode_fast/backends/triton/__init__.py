@@ -81,8 +81,8 @@ def dp_step(spec_or_field, y, t, h, rtol, atol, stiffness: bool = False, f0=None
 
 
 def solve(prob):
-    """``backend="triton"`` entry point (see :mod:`.solver`)."""
-    from .solver import solve as _solve
+    """``backend="triton"`` entry point (see :mod:`.backend`)."""
+    from .backend import solve as _solve
 
     return _solve(prob)
 

@@ -1,10 +1,12 @@
-"""Launchers and autograd Functions for the Triton kernels (Liger-style naming).
+"""Launchers of the Triton kernels (Liger-style naming), and their differentiable wrappers.
 
-* ``field_forward`` / ``field_backward`` + :class:`FieldEvalFunction`
-* ``dp_step_forward`` / ``dp_step_backward`` + :class:`DPStepFunction`
+* ``field_forward`` / ``field_backward`` (launches) and ``field_eval`` (differentiable)
+* ``dp_step_forward`` / ``dp_step_backward`` (launches) and ``dp_step_apply`` (differentiable)
 
-All take a :class:`~.plan.Plan`; gradients w.r.t. the plan tensors flow to ``spec.params``
-through the plan's differentiable construction.
+The differentiable wrappers call the custom ops of :mod:`.library` (fake impls + registered
+autograd): one gradient path for the solver, the public helpers and ``torch.compile``. All take
+a :class:`~.plan.Plan`; gradients w.r.t. the plan tensors flow to ``spec.params`` through the
+plan's differentiable construction.
 """
 
 from __future__ import annotations
@@ -134,26 +136,12 @@ def triton_cdiv(a, b):
     return (a + b - 1) // b
 
 
-class FieldEvalFunction(torch.autograd.Function):
-    """``(z, u, *plan.tensors) -> dz/dt``; backward by the VJP kernel."""
-
-    @staticmethod
-    def forward(ctx, plan, allow_tf32, z, u, *tensors):
-        ctx.plan, ctx.allow_tf32 = plan, allow_tf32
-        ctx.save_for_backward(z, u if u is not None else z.new_zeros(0), *tensors)
-        return field_forward(plan, z, u, list(tensors), allow_tf32)
-
-    @staticmethod
-    def backward(ctx, g):
-        z, u, *tensors = ctx.saved_tensors
-        dz, grads = field_backward(ctx.plan, z, u if u.numel() else None, g, tensors, ctx.allow_tf32)
-        grads = [gr if t.requires_grad else None for gr, t in zip(grads, tensors)]
-        return (None, None, dz, None, *grads)
-
-
 def field_eval(plan: Plan, z, u=None, allow_tf32=False):
-    """Differentiable field evaluation with the Triton kernels."""
-    return FieldEvalFunction.apply(plan, allow_tf32, z, u, *plan.tensors)
+    """Differentiable field evaluation: the ``hnode_fast::triton_field_eval`` custom op (its
+    registered autograd is the one gradient path of the Triton kernels)."""
+    from . import library as lib
+
+    return lib.triton_field_eval(z, u, plan.tensors, plan.tab, lib.plan_meta(plan), bool(allow_tf32))
 
 
 # ----------------------------------------------------------------------------- fused DP5 step
@@ -257,37 +245,24 @@ def dp_step_backward(plan: Plan, y, f0, u, h, rtol, atol, gy1, gk7, gq, gerr, te
     return gy, gf0, grads
 
 
-class DPStepFunction(torch.autograd.Function):
-    """``(y, f0, u, h, rejected, *plan.tensors) -> (y1, k7, Q, err, h_next, accept, stiff)``.
-
-    Differentiable in ``y``, ``f0`` and the plan tensors through ``y1``, ``k7``, ``Q`` and
-    ``err`` (stages recomputed in backward); ``h``, ``h_next``, ``accept``, ``stiff`` are
-    constants for differentiation."""
-
-    @staticmethod
-    def forward(ctx, plan, rtol, atol, stiffness, allow_tf32, y, f0, u, h, rejected, *tensors):
-        y1, k7, q, err, hn, acc, st = dp_step_forward(plan, y, f0, u, h, rtol, atol, rejected, stiffness, list(tensors), allow_tf32)
-        ctx.plan, ctx.rtol, ctx.atol, ctx.allow_tf32 = plan, rtol, atol, allow_tf32
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(y, f0, u if u is not None else y.new_zeros(0), h, *tensors)
-        if st is None:
-            st = torch.zeros(0, dtype=torch.float64, device=y.device)
-        ctx.mark_non_differentiable(hn, acc, st)
-        return y1, k7, q, err, hn, acc, st
-
-    @staticmethod
-    def backward(ctx, gy1, gk7, gq, gerr, _ghn, _gacc, _gst):
-        y, f0, u, h, *tensors = ctx.saved_tensors
-        gy, gf0, grads = dp_step_backward(
-            ctx.plan, y, f0, u if u.numel() else None, h, ctx.rtol, ctx.atol, gy1, gk7, gq, gerr, tensors, ctx.allow_tf32
-        )
-        grads = [gr if t.requires_grad else None for gr, t in zip(grads, tensors)]
-        return (None, None, None, None, None, gy, gf0, None, None, None, *grads)
-
-
 def dp_step_apply(plan: Plan, y, f0, u, h, rtol, atol, rejected=None, stiffness=False, allow_tf32=False):
+    """One differentiable fused step: the ``hnode_fast::triton_dp_step`` custom op (stages
+    recomputed in its backward; ``h``, ``h_next``, ``accept``, ``stiff`` are constants)."""
+    from . import library as lib
+
     if rejected is None:
         rejected = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-    return DPStepFunction.apply(
-        plan, float(rtol), float(atol), bool(stiffness), allow_tf32, y, f0, u, h.to(torch.float64), rejected, *plan.tensors
+    return lib.triton_dp_step(
+        y,
+        f0,
+        u,
+        h.to(torch.float64),
+        rejected,
+        plan.tensors,
+        plan.tab,
+        lib.plan_meta(plan),
+        float(rtol),
+        float(atol),
+        bool(stiffness),
+        bool(allow_tf32),
     )

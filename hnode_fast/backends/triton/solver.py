@@ -12,7 +12,8 @@ controller, dense output, stops/doses, status codes) but without a host sync per
 Gradients (``adjoint="discrete"``): autograd through each step's fused op, whose backward
 kernel recomputes the stages (exact gradient of the computed solution, like the reference).
 ``adjoint="backsolve"``: :mod:`.backsolve` (this loop under ``no_grad``, then the continuous
-adjoint integrated backwards with the Triton field and field-VJP kernels).
+adjoint integrated backwards with the Triton field and field-VJP kernels). The backend entry
+point that picks one of the two is :mod:`.backend` (this module imports neither).
 """
 
 from __future__ import annotations
@@ -25,25 +26,8 @@ from ...events import build_stops
 from ...reference import dopri5 as dp
 from ...types import NONFINITE_STREAK, Stats, Status
 from . import ops
-from .plan import build_plan
 
 SYNC_EVERY = int(os.environ.get("HNODE_TRITON_SYNC_EVERY", "8"))
-
-
-def _check(prob) -> None:
-    if not prob.field_like:
-        raise NotImplementedError(
-            "backend='triton' solves hf.HybridField problems only; plain callables func(t, y) need backend='reference'"
-        )
-    if prob.step_mode != "per_sample":
-        raise NotImplementedError("backend='triton' implements step_mode='per_sample' only; use backend='reference' for step_mode='shared'")
-    if prob.adjoint not in ("discrete", "backsolve"):
-        raise NotImplementedError(f"backend='triton': unknown adjoint {prob.adjoint!r}")
-    if prob.adjoint == "backsolve" and prob.events is not None and prob.events.amounts.requires_grad:
-        raise NotImplementedError("adjoint='backsolve' gives no gradient to events.amounts; use adjoint='discrete'")
-    if prob.y0.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"y0: backend='triton' supports float32/float64, got {prob.y0.dtype}")
-    ops._check_device(prob.y0)
 
 
 def _dose(events, t, hit, y):
@@ -51,18 +35,6 @@ def _dose(events, t, hit, y):
     sel = (events.times.to(t.device) == t[:, None]) & hit[:, None]
     amt = torch.where(sel, events.amounts.to(device=y.device, dtype=y.dtype), torch.zeros((), dtype=y.dtype, device=y.device))
     return y + torch.zeros_like(y).scatter_add(1, events.states.to(y.device), amt)
-
-
-def solve(prob, allow_tf32: bool = False, sync_every: int = SYNC_EVERY):
-    """``Problem -> (y (T, B, D), Stats)`` with the Triton kernels."""
-    _check(prob)
-    plan = build_plan(prob.func.compile(), prob.y0.dtype, prob.y0.device)
-    if prob.adjoint == "backsolve":
-        from .backsolve import solve_backsolve
-
-        return solve_backsolve(prob, plan, allow_tf32, sync_every)
-    out, _, stats = integrate(prob, plan, allow_tf32, sync_every)
-    return out, stats
 
 
 def integrate(prob, plan, allow_tf32: bool = False, sync_every: int = SYNC_EVERY):
