@@ -8,6 +8,7 @@
 #include <string>
 
 #include "args.h"
+#include "args_py.h"
 
 namespace py = pybind11;
 
@@ -67,43 +68,6 @@ const char* isa_name(int i) { return i == ISA_AVX2 ? "avx2" : i == ISA_GPULOOPS 
     }                                                         \
   } while (0)
 
-Args make_args(py::dict d) {
-  Args a;
-  a.ints = d["ints"].cast<std::uintptr_t>();
-  a.n_ints = d["n_ints"].cast<long long>();
-  a.params = d["params"].cast<std::uintptr_t>();
-  a.P = d["P"].cast<long long>();
-  a.y0 = d["y0"].cast<std::uintptr_t>();
-  a.B = d["B"].cast<int>();
-  a.D = d["D"].cast<int>();
-  a.out_t = d["out_t"].cast<std::uintptr_t>();
-  a.T = d["T"].cast<int>();
-  a.stops = d["stops"].cast<std::uintptr_t>();
-  a.S = d["S"].cast<int>();
-  a.ev_t = d["ev_t"].cast<std::uintptr_t>();
-  a.ev_s = d["ev_s"].cast<std::uintptr_t>();
-  a.ev_a = d["ev_a"].cast<std::uintptr_t>();
-  a.E = d["E"].cast<int>();
-  a.in_t = d["in_t"].cast<std::uintptr_t>();
-  a.in_v = d["in_v"].cast<std::uintptr_t>();
-  a.J = d["J"].cast<int>();
-  a.rtol = d["rtol"].cast<double>();
-  a.atol = d["atol"].cast<double>();
-  a.max_steps = d["max_steps"].cast<long long>();
-  a.n_threads = d["n_threads"].cast<int>();
-  if (d.contains("ck_cap")) {
-    a.ck_cap = d["ck_cap"].cast<int>();
-    a.ck_t = d["ck_t"].cast<std::uintptr_t>();
-    a.ck_tn = d["ck_tn"].cast<std::uintptr_t>();
-    a.ck_y = d["ck_y"].cast<std::uintptr_t>();
-    a.ck_jump = d["ck_jump"].cast<std::uintptr_t>();
-    a.ck_n = d["ck_n"].cast<std::uintptr_t>();
-  }
-  if (d.contains("out_dot")) a.out_dot = d["out_dot"].cast<std::uintptr_t>();
-  if (a.B < 0 || a.D < 1 || a.T < 1 || a.max_steps < 1) throw std::runtime_error("cpu_solve: bad sizes");
-  return a;
-}
-
 }  // namespace
 }  // namespace cpu
 
@@ -112,7 +76,7 @@ void register_cpu(py::module_& m) {
   m.def(
       "cpu_solve",
       [](py::dict d, bool dbl, std::uintptr_t out, std::uintptr_t stats) {
-        Args a = make_args(d);
+        Args a = args_from_dict(d);
         py::gil_scoped_release nogil;
         HNODE_ISA_CALL(solve, a, dbl, out, stats);
       },
@@ -120,7 +84,7 @@ void register_cpu(py::module_& m) {
   m.def(
       "cpu_solve_backward",
       [](py::dict d, bool dbl, std::uintptr_t g_out, std::uintptr_t gp, std::uintptr_t gy0, std::uintptr_t gev) {
-        Args a = make_args(d);
+        Args a = args_from_dict(d);
         py::gil_scoped_release nogil;
         HNODE_ISA_CALL(backward, a, dbl, g_out, gp, gy0, gev);
       },
@@ -129,7 +93,7 @@ void register_cpu(py::module_& m) {
       "cpu_solve_backsolve",
       [](py::dict d, bool dbl, std::uintptr_t g_out, std::uintptr_t y_out, std::uintptr_t gp, std::uintptr_t gy0,
          std::uintptr_t bst) {
-        Args a = make_args(d);
+        Args a = args_from_dict(d);
         py::gil_scoped_release nogil;
         HNODE_ISA_CALL(backsolve, a, dbl, g_out, y_out, gp, gy0, bst);
       },

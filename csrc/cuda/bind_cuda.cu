@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "../cpu/args_py.h"
 #include "solve_cuda.cuh"
 
 namespace py = pybind11;
@@ -16,37 +17,8 @@ namespace {
 
 Args make_args(py::dict d) {
   Args x;
-  cpu::Args& a = x.a;
-  a.ints = d["ints"].cast<std::uintptr_t>();
-  a.n_ints = d["n_ints"].cast<long long>();
-  a.params = d["params"].cast<std::uintptr_t>();
-  a.P = d["P"].cast<long long>();
-  a.y0 = d["y0"].cast<std::uintptr_t>();
-  a.B = d["B"].cast<int>();
-  a.D = d["D"].cast<int>();
-  a.out_t = d["out_t"].cast<std::uintptr_t>();
-  a.T = d["T"].cast<int>();
-  a.stops = d["stops"].cast<std::uintptr_t>();
-  a.S = d["S"].cast<int>();
-  a.ev_t = d["ev_t"].cast<std::uintptr_t>();
-  a.ev_s = d["ev_s"].cast<std::uintptr_t>();
-  a.ev_a = d["ev_a"].cast<std::uintptr_t>();
-  a.E = d["E"].cast<int>();
-  a.in_t = d["in_t"].cast<std::uintptr_t>();
-  a.in_v = d["in_v"].cast<std::uintptr_t>();
-  a.J = d["J"].cast<int>();
-  a.rtol = d["rtol"].cast<double>();
-  a.atol = d["atol"].cast<double>();
-  a.max_steps = d["max_steps"].cast<long long>();
-  a.n_threads = 1;
-  if (d.contains("ck_cap")) {
-    a.ck_cap = d["ck_cap"].cast<int>();
-    a.ck_t = d["ck_t"].cast<std::uintptr_t>();
-    a.ck_tn = d["ck_tn"].cast<std::uintptr_t>();
-    a.ck_y = d["ck_y"].cast<std::uintptr_t>();
-    a.ck_jump = d["ck_jump"].cast<std::uintptr_t>();
-    a.ck_n = d["ck_n"].cast<std::uintptr_t>();
-  }
+  x.a = cpu::args_from_dict(d);  // the fields shared with the CPU launcher
+  x.a.n_threads = 1;
   x.ints_dev = d["ints_dev"].cast<std::uintptr_t>();
   x.params_t = d["params_t"].cast<std::uintptr_t>();
   x.ws = d["ws"].cast<std::uintptr_t>();
@@ -54,8 +26,7 @@ Args make_args(py::dict d) {
   x.n_thr = d["n_thr"].cast<int>();
   x.stream = d["stream"].cast<std::uintptr_t>();
   x.device = d["device"].cast<int>();
-  if (a.B < 1 || a.D < 1 || a.T < 1 || a.max_steps < 1 || x.n_thr < 1)
-    throw std::runtime_error("cuda_solve: bad sizes");
+  if (x.a.B < 1 || x.n_thr < 1) throw std::runtime_error("cuda_solve: bad sizes");
   return x;
 }
 

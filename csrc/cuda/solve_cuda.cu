@@ -19,6 +19,7 @@
 
 #include "hnode/field.h"
 #include "hnode/solve.h"
+#include "hnode/spec_check.h"
 #include "solve_cuda.cuh"
 
 namespace hnode {
@@ -42,18 +43,6 @@ __host__ __device__ __forceinline__ P* ptr(std::uintptr_t p) {
   return reinterpret_cast<P*>(p);
 }
 
-void check_spec(const int* ints, long long n_ints, long long P, int D) {
-  if (n_ints < SPEC_HEADER) throw std::runtime_error("FieldSpec ints too short");
-  if (ints[0] != 1) throw std::runtime_error("FieldSpec version " + std::to_string(ints[0]) + " not supported");
-  if (ints[1] != D)
-    throw std::runtime_error("FieldSpec has D=" + std::to_string(ints[1]) + " but the state has " + std::to_string(D));
-  if (ints[10] != P)
-    throw std::runtime_error("FieldSpec expects " + std::to_string(ints[10]) + " params, got " + std::to_string(P));
-  const long long need = SPEC_HEADER + (long long)SPEC_LAYER_COLS * ints[4] + (long long)SPEC_TERM_COLS * ints[5] +
-                         ints[7] + ints[8];
-  if (need > n_ints) throw std::runtime_error("FieldSpec ints truncated");
-}
-
 // What every kernel needs besides cpu::Args (device pointers, sizes, layout flags).
 struct KArgs {
   const int* ints;  // device
@@ -73,12 +62,12 @@ __global__ void transpose_params_kernel(const int* __restrict__ ints, const T* _
                                         long long P) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= P) return;
-  const int L = ints[4];
+  const int L = ints[HDR_L];
   long long dst = i;
   for (int l = 0; l < L; ++l) {
     const int* row = ints + SPEC_HEADER + SPEC_LAYER_COLS * l;
-    if (row[2] != 0) continue;
-    const long long nin = row[0], nout = row[1], w_off = row[3];
+    if (row[LCOL_FMT] != 0) continue;
+    const long long nin = row[LCOL_NIN], nout = row[LCOL_NOUT], w_off = row[LCOL_WOFF];
     if (i >= w_off && i < w_off + nin * nout) {
       const long long r = (i - w_off) / nin, c = (i - w_off) % nin;
       dst = w_off + c * nout + r;
@@ -293,7 +282,7 @@ KArgs prepare(const Args& x, cudaStream_t st, long long* smem_bytes) {
   k.params_t = ptr<const void>(x.params_t);
   k.A = acts_size(ints);
   k.G = grad_scratch_size(ints);
-  k.K = ints[2];
+  k.K = ints[HDR_K];
   k.wsz = Work<T>::size(a.D, k.K, k.A, k.G);
   k.ws = ptr<void>(x.ws);
   k.n_thr = x.n_thr;
@@ -402,7 +391,7 @@ void backward_impl(const Args& x, std::uintptr_t g_out, std::uintptr_t gp, std::
 
 Plan plan(const int* ints, long long n_ints, long long P, int D, bool dbl) {
   check_spec(ints, n_ints, P, D);
-  const int A = acts_size(ints), G = grad_scratch_size(ints), K = ints[2];
+  const int A = acts_size(ints), G = grad_scratch_size(ints), K = ints[HDR_K];
   Plan p;
   p.wsz = dbl ? Work<double>::size(D, K, A, G) : Work<float>::size(D, K, A, G);
   p.bucket = bucket_for(p.wsz);

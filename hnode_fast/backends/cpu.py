@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .. import _hostcheck, _native
 from ..events import build_stops
-from ..fields.spec import FieldSpec, SpecStructure, gather_params, spec_structure, structure_matches
+from ..fields.spec import H_D, H_K, H_P, FieldSpec, SpecStructure, gather_params, spec_structure, structure_matches
 from ..types import Stats
 
 
@@ -143,7 +143,7 @@ def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_ste
     need(ints.dim() == 1 and ints.dtype == torch.int32 and ints.numel() >= 12, "ints must be a FieldSpec int32 table")
     need(params.dim() == 1 and params.dtype == y0.dtype, "params must be 1-D with y0's dtype")
     hdr = ints[:12].tolist()  # one read of the header (each int(ints[i]) is a torch op)
-    need(hdr[1] == D and hdr[10] == params.numel(), "ints/params do not match y0 (D) or each other (P)")
+    need(hdr[H_D] == D and hdr[H_P] == params.numel(), "ints/params do not match y0 (D) or each other (P)")
     need(out_t.dim() == 2 and out_t.shape[0] == B and out_t.shape[1] >= 1 and out_t.dtype == torch.float64, "out_t must be float64 (B, T)")
     need(stops.dim() == 2 and stops.shape[0] == B and stops.dtype == torch.float64, "stops must be float64 (B, S)")
     need(ev_t.dim() == 2 and ev_t.shape[0] == B and ev_t.dtype == torch.float64, "ev_t must be float64 (B, E)")
@@ -151,7 +151,7 @@ def _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_ste
     need(ev_a.shape == ev_t.shape and ev_a.dtype == y0.dtype, "ev_a must have ev_t's shape and y0's dtype")
     if ev_s.numel():
         need(bool(((ev_s >= 0) & (ev_s < D)).all()), "ev_s must hold state indices in [0, D)")
-    K = hdr[2]
+    K = hdr[H_K]
     need(in_t.dim() == 2 and in_t.shape[0] == B and in_t.dtype == torch.float64, "in_t must be float64 (B, J)")
     need(
         in_v.dim() == 3 and in_v.shape[:2] == in_t.shape and in_v.dtype == y0.dtype and (in_v.shape[2] == K or in_t.shape[1] == 0),

@@ -44,6 +44,8 @@ HEADER = 12
 LAYER_COLS = 8
 TERM_COLS = 6
 FMT_DENSE, FMT_CSR = 0, 1
+# header fields, by index (csrc/include/hnode/field.h HDR_*; tests/test_types.py checks they agree)
+H_VERSION, H_D, H_K, H_NFEAT, H_L, H_NTERMS, H_CONST_OFF, H_NIN, H_NOUT, H_MAXW, H_P = range(11)
 
 
 @dataclass
@@ -59,31 +61,31 @@ class FieldSpec:
 
     @property
     def n_states(self) -> int:
-        return self._h(1)
+        return self._h(H_D)
 
     @property
     def n_inputs(self) -> int:
-        return self._h(2)
+        return self._h(H_K)
 
     @property
     def n_feat(self) -> int:
-        return self._h(3)
+        return self._h(H_NFEAT)
 
     @property
     def n_layers(self) -> int:
-        return self._h(4)
+        return self._h(H_L)
 
     @property
     def n_terms(self) -> int:
-        return self._h(5)
+        return self._h(H_NTERMS)
 
     @property
     def const_off(self) -> int:
-        return self._h(6)
+        return self._h(H_CONST_OFF)
 
     @property
     def max_width(self) -> int:
-        return self._h(9)
+        return self._h(H_MAXW)
 
     def layer_rows(self) -> torch.Tensor:
         L = self.n_layers
@@ -95,11 +97,11 @@ class FieldSpec:
 
     def in_idx(self) -> torch.Tensor:
         a = HEADER + LAYER_COLS * self.n_layers + TERM_COLS * self.n_terms
-        return self.ints[a : a + self._h(7)]
+        return self.ints[a : a + self._h(H_NIN)]
 
     def out_idx(self) -> torch.Tensor:
-        a = HEADER + LAYER_COLS * self.n_layers + TERM_COLS * self.n_terms + self._h(7)
-        return self.ints[a : a + self._h(8)]
+        a = HEADER + LAYER_COLS * self.n_layers + TERM_COLS * self.n_terms + self._h(H_NIN)
+        return self.ints[a : a + self._h(H_NOUT)]
 
     def n_weights(self) -> int:
         """Stored network weights (dense entries or CSR non-zeros) after compaction."""

@@ -129,6 +129,23 @@ struct StridedGrad {
 };
 
 enum { SPEC_HEADER = 12, SPEC_LAYER_COLS = 8, SPEC_TERM_COLS = 6 };
+// FieldSpec header fields (hnode_fast/fields/spec.py writes them; tests/test_types.py checks the
+// two lists agree)
+enum {
+  HDR_VERSION = 0,
+  HDR_D = 1,
+  HDR_K = 2,
+  HDR_NFEAT = 3,
+  HDR_L = 4,
+  HDR_NTERMS = 5,
+  HDR_CONST_OFF = 6,
+  HDR_NIN = 7,
+  HDR_NOUT = 8,
+  HDR_MAXW = 9,
+  HDR_P = 10
+};
+// columns of a layer row
+enum { LCOL_NIN = 0, LCOL_NOUT = 1, LCOL_FMT = 2, LCOL_WOFF = 3, LCOL_BOFF = 4, LCOL_ACT = 5, LCOL_RP = 6, LCOL_COL = 7 };
 enum { ACT_IDENTITY = 0, ACT_TANH = 1, ACT_RELU = 2, ACT_ELU = 3, ACT_SOFTPLUS = 4, ACT_SILU = 5 };
 enum { TERM_CONSTANT = 0, TERM_LINEAR = 1, TERM_MASS_ACTION = 2, TERM_MM = 3, TERM_HILL = 4, TERM_INPUT = 5 };
 enum { TFLAG_CONSUME = 1, TFLAG_REPRESS = 2 };
@@ -151,16 +168,16 @@ HNODE_HD inline FieldView<T> make_field_view(const int* ints, const T* params, c
   v.ints = ints;
   v.params = params;
   v.paramsT = paramsT;
-  v.D = ints[1];
-  v.K = ints[2];
-  v.n_feat = ints[3];
-  v.L = ints[4];
-  v.n_terms = ints[5];
-  v.const_off = ints[6];
-  v.n_in = ints[7];
-  v.n_out = ints[8];
-  v.max_width = ints[9];
-  v.P = ints[10];
+  v.D = ints[HDR_D];
+  v.K = ints[HDR_K];
+  v.n_feat = ints[HDR_NFEAT];
+  v.L = ints[HDR_L];
+  v.n_terms = ints[HDR_NTERMS];
+  v.const_off = ints[HDR_CONST_OFF];
+  v.n_in = ints[HDR_NIN];
+  v.n_out = ints[HDR_NOUT];
+  v.max_width = ints[HDR_MAXW];
+  v.P = ints[HDR_P];
   v.layers = ints + SPEC_HEADER;
   v.terms = v.layers + SPEC_LAYER_COLS * v.L;
   v.in_idx = v.terms + SPEC_TERM_COLS * v.n_terms;
@@ -174,13 +191,13 @@ HNODE_HD inline FieldView<T> make_field_view(const int* ints, const T* params, c
 HNODE_HD_INLINE int act_pad(int n) { return (n + 3) & ~3; }
 
 HNODE_HD inline int acts_size(const int* ints) {
-  const int L = ints[4];
-  int n = act_pad(ints[7]) + ints[5];
-  for (int l = 0; l < L; ++l) n += 2 * act_pad(ints[SPEC_HEADER + SPEC_LAYER_COLS * l + 1]);
+  const int L = ints[HDR_L];
+  int n = act_pad(ints[HDR_NIN]) + ints[HDR_NTERMS];
+  for (int l = 0; l < L; ++l) n += 2 * act_pad(ints[SPEC_HEADER + SPEC_LAYER_COLS * l + LCOL_NOUT]);
   return n > 0 ? n : 1;
 }
 
-HNODE_HD inline int grad_scratch_size(const int* ints) { return 2 * (ints[9] > 0 ? ints[9] : 1); }
+HNODE_HD inline int grad_scratch_size(const int* ints) { return 2 * (ints[HDR_MAXW] > 0 ? ints[HDR_MAXW] : 1); }
 
 template <class T>
 HNODE_HD_INLINE T activate(int code, T x) {
@@ -318,7 +335,8 @@ HNODE_HD void eval_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const
     p += act_pad(v.n_in);
     for (int l = 0; l < v.L; ++l) {
       const int* row = v.layers + SPEC_LAYER_COLS * l;
-      const int nin = row[0], nout = row[1], fmt = row[2], w_off = row[3], b_off = row[4], act = row[5];
+      const int nin = row[LCOL_NIN], nout = row[LCOL_NOUT], fmt = row[LCOL_FMT], w_off = row[LCOL_WOFF], b_off = row[LCOL_BOFF],
+              act = row[LCOL_ACT];
       const int npad = act_pad(nout);
       T* HNODE_RESTRICT pre = p;
       T* HNODE_RESTRICT post = p + npad;
@@ -352,8 +370,8 @@ HNODE_HD void eval_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const
         }
         for (int i = 0; i < nout; ++i) pre[i] += bias[i];
       } else {
-        const int* rp = v.ints + row[6];
-        const int* col = v.ints + row[7];
+        const int* rp = v.ints + row[LCOL_RP];
+        const int* col = v.ints + row[LCOL_COL];
         const T* vals = v.params + w_off;
         for (int i = 0; i < nout; ++i) {
           T acc = T(0);
@@ -421,7 +439,7 @@ HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const 
   GR gc = gp + v.const_off;
   for (int d = 0; d < D; ++d) gc[d] += a[d];
   int tot = act_pad(v.n_in);
-  for (int l = 0; l < v.L; ++l) tot += 2 * act_pad(v.layers[SPEC_LAYER_COLS * l + 1]);
+  for (int l = 0; l < v.L; ++l) tot += 2 * act_pad(v.layers[SPEC_LAYER_COLS * l + LCOL_NOUT]);
   if (v.n_terms > 0) {
     for (int q = 0; q < v.n_terms; ++q) {
       const int* tr = v.terms + SPEC_TERM_COLS * q;
@@ -491,7 +509,8 @@ HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const 
   int off = tot;  // end of the last layer's block
   for (int l = v.L - 1; l >= 0; --l) {
     const int* row = v.layers + SPEC_LAYER_COLS * l;
-    const int nin = row[0], nout = row[1], fmt = row[2], w_off = row[3], b_off = row[4], act = row[5];
+    const int nin = row[LCOL_NIN], nout = row[LCOL_NOUT], fmt = row[LCOL_FMT], w_off = row[LCOL_WOFF], b_off = row[LCOL_BOFF],
+              act = row[LCOL_ACT];
     off -= 2 * act_pad(nout);
     const T* pre = acts + off;
     const T* post = pre + act_pad(nout);
@@ -542,8 +561,8 @@ HNODE_HD void vjp_field(const FieldView<T>& v, const T* HNODE_RESTRICT z, const 
         }
       }
     } else {
-      const int* rp = v.ints + row[6];
-      const int* col = v.ints + row[7];
+      const int* rp = v.ints + row[LCOL_RP];
+      const int* col = v.ints + row[LCOL_COL];
       const T* vals = v.params + w_off;
       GR gvals = gp + w_off;
       for (int i = 0; i < nout; ++i) {

@@ -20,10 +20,10 @@ HNODE_NAMESPACE_BEGIN
 
 // Scratch values eval_field_lanes needs for W lanes.
 HNODE_HD inline int lanes_scratch_size(const int* ints, int W) {
-  const int L = ints[4];
-  int n = ints[7];
-  for (int l = 0; l < L; ++l) n += ints[SPEC_HEADER + SPEC_LAYER_COLS * l + 1];
-  return (n > 0 ? n : 1) * W + (ints[5] > 0 ? ints[5] : 1);
+  const int L = ints[HDR_L];
+  int n = ints[HDR_NIN];
+  for (int l = 0; l < L; ++l) n += ints[SPEC_HEADER + SPEC_LAYER_COLS * l + LCOL_NOUT];
+  return (n > 0 ? n : 1) * W + (ints[HDR_NTERMS] > 0 ? ints[HDR_NTERMS] : 1);
 }
 
 // dz[w] = f(z[w], u[w]) for w < W (u[w] may be null when K == 0). s: lanes_scratch_size values.
@@ -46,7 +46,8 @@ HNODE_HD void eval_field_lanes(const FieldView<T>& v, const T* const* z, const T
     p += v.n_in * W;
     for (int l = 0; l < v.L; ++l) {
       const int* row = v.layers + SPEC_LAYER_COLS * l;
-      const int nin = row[0], nout = row[1], fmt = row[2], w_off = row[3], b_off = row[4], act = row[5];
+      const int nin = row[LCOL_NIN], nout = row[LCOL_NOUT], fmt = row[LCOL_FMT], w_off = row[LCOL_WOFF], b_off = row[LCOL_BOFF],
+                act = row[LCOL_ACT];
       T* HNODE_RESTRICT pre = p;
       const T* HNODE_RESTRICT bias = v.params + b_off;
       if (fmt == 0) {
@@ -89,8 +90,8 @@ HNODE_HD void eval_field_lanes(const FieldView<T>& v, const T* const* z, const T
           for (int w = 0; w < W; ++w) pre[i * W + w] = acc[w] + bias[i];
         }
       } else {
-        const int* rp = v.ints + row[6];
-        const int* col = v.ints + row[7];
+        const int* rp = v.ints + row[LCOL_RP];
+        const int* col = v.ints + row[LCOL_COL];
         const T* vals = v.params + w_off;
         for (int i = 0; i < nout; ++i) {
           T acc[W];
