@@ -76,9 +76,7 @@ class Problem:
 
     def run_checks(self) -> None:
         """Raise ``ValueError`` for the first failed deferred check (graph-breaks under compile)."""
-        for ok, msg in self.checks:
-            if not bool(ok):
-                raise ValueError(msg)
+        _run_checks_once(self.checks)
 
 
 def _check_finite_params(func, deferred: Optional[list] = None, params: Optional[List[torch.Tensor]] = None) -> None:
@@ -443,7 +441,7 @@ def _time_grad_start(prob: Problem, t: torch.Tensor, name: str):
     tg = t.to(torch.float64)
     tg = tg.reshape(1, -1).expand(B, -1) if tg.dim() == 1 else tg
     y_start = prob.y0
-    f = make_fun(prob.func, prob.field_like, prob.inputs, prob.state_shape, prob.step_mode == "shared", prob.y0.dtype)
+    f = make_fun(prob.func, prob.field_like, prob.inputs, prob.state_shape, prob.y0.dtype)
     t0 = prob.out_t[:, 0]
     with torch.no_grad():
         f0 = f(t0, y_start.detach(), t0)

@@ -201,14 +201,24 @@ def test_isa_builds_agree_bitwise():
     assert outs[0] == outs[1]
 
 
-def test_kernel_tanh_accuracy():
-    """The kernels' branch-free tanh (field.h tanh_fast) within a few ulp of torch.tanh, everywhere."""
+def _tanh_spec(dtype):
+    """A field whose output is tanh(z) (one unit, weights 1, biases 0): the kernel's tanh_fast."""
     net = hf.MaskedMLP(1, 1, hidden=(1,), activation="tanh")
     with torch.no_grad():
         for layer in net.layers:
             layer.weight.fill_(1.0)
             layer.bias.zero_()
-    spec = hf.HybridField(nn=net).to(f64).compile()
+    return hf.HybridField(nn=net).to(dtype).compile()
+
+
+def _signed(pos):
+    """``pos``, ``-pos`` and +inf, -inf, NaN, as a ``(N, 1)`` state batch of pos's dtype."""
+    return torch.cat([pos, -pos, torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=pos.dtype)])[:, None]
+
+
+def test_kernel_tanh_accuracy():
+    """The kernels' branch-free tanh (field.h tanh_fast) within a few ulp of torch.tanh, everywhere."""
+    spec = _tanh_spec(f64)
     g = torch.Generator().manual_seed(0)
     pos = torch.cat(
         [
@@ -218,7 +228,7 @@ def test_kernel_tanh_accuracy():
             torch.pow(10.0, -torch.rand(2000, generator=g, dtype=f64) * 30.0),
         ]
     ).to(f64)
-    z = torch.cat([pos, -pos, torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=f64)])[:, None]
+    z = _signed(pos)
     out = cpu.eval_field(spec, z)[:, 0]
     ref = torch.tanh(z[:, 0])
     fin = ref.isfinite()
@@ -232,12 +242,7 @@ def test_kernel_tanh_accuracy():
 def test_kernel_tanh_accuracy_float32():
     """tanh_fast(float) computes in single precision (the GPU's float path): within 4 float ulp
     of the exact tanh (torch.tanh in float64), NaN propagated, +-1 at +-inf, odd."""
-    net = hf.MaskedMLP(1, 1, hidden=(1,), activation="tanh")
-    with torch.no_grad():
-        for layer in net.layers:
-            layer.weight.fill_(1.0)
-            layer.bias.zero_()
-    spec = hf.HybridField(nn=net).to(f32).compile()
+    spec = _tanh_spec(f32)
     g = torch.Generator().manual_seed(0)
     pos = torch.cat(
         [
@@ -247,7 +252,7 @@ def test_kernel_tanh_accuracy_float32():
             torch.pow(10.0, -torch.rand(5000, generator=g) * 37.0),
         ]
     ).to(f32)
-    z = torch.cat([pos, -pos, torch.tensor([float("inf"), -float("inf"), float("nan")])])[:, None].to(f32)
+    z = _signed(pos)
     out = cpu.eval_field(spec, z)[:, 0]
     assert out.dtype == f32
     exact = torch.tanh(z[:, 0].double())

@@ -34,6 +34,9 @@ import hnode_fast as hf
 from hnode_fast import _native
 from hnode_fast.backends import cuda as hcuda
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+from fieldgen import random_field  # noqa: E402  (the suite's field generator: one recipe, not a copy)
+
 OUT = os.environ.get("OUT", "/tmp/gpucheck_out")
 os.makedirs(OUT, exist_ok=True)
 RES_PATH = os.path.join(OUT, "gpu_extra.json")
@@ -91,31 +94,10 @@ def check(fn):
 # ----------------------------------------------------------------------------- helpers
 
 
-def make_field(D=8, hidden=(32, 32), act="tanh", dtype=f64, mech=True, seed=0, mask_density=None, n_inputs=0, nn_inputs=False, scale=0.5):
-    """Random hybrid field (same recipe as tests/conftest.random_field)."""
-    g = torch.Generator().manual_seed(seed)
+def make_field(D=8, hidden=(32, 32), act="tanh", dtype=f64, seed=0, **kw):
+    """The test suite's random hybrid field (tests/fieldgen.py), drawn after ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)
-    terms = []
-    if mech:
-        for i in range(D):
-            terms.append(hf.Linear(i, (i + 1) % D if D > 1 else None, 0.3 + 0.2 * float(torch.rand((), generator=g))))
-        terms.append(hf.Constant(0, 0.1))
-        terms.append(hf.MichaelisMenten(D - 1, None, 0.5, 0.7))
-        terms.append(hf.Hill(0, D - 1, 0.4, 0.8, 2.0))
-        terms.append(hf.Hill(D - 1, 0, 0.3, 0.6, 3.0, repress=True))
-        terms.append(hf.MassAction((0, D - 1), None, 0.05))
-        for k in range(n_inputs):
-            terms.append(hf.Input(k, k % D, 0.7))
-    m = hf.MechanisticGraph(D, terms, n_inputs=n_inputs, dtype=dtype) if mech else None
-    net = hf.MaskedMLP(D + (n_inputs if nn_inputs else 0), D, hidden=hidden, activation=act)
-    with torch.no_grad():
-        for layer in net.layers:
-            layer.weight.mul_(scale)
-    if mask_density is not None:
-        for i, layer in enumerate(net.layers):
-            net.set_mask(i, torch.rand(layer.weight.shape, generator=g) < mask_density)
-    f = hf.HybridField(mech=m, nn=net, n_states=D, n_inputs=n_inputs if (n_inputs and not mech) else None)
-    return f.to(dtype)
+    return random_field(D=D, hidden=hidden, activation=act, dtype=dtype, **kw)
 
 
 def bench_field():

@@ -101,10 +101,15 @@ def _ck_args(ck_t, ck_tn, ck_y, ck_jump, ck_n):
     )
 
 
-def _ck_empty(B, D, cap, dtype, like=None):
+def _ck_empty(B, D, cap, dtype, like=None, device="cpu"):
+    """Checkpoint outputs ``(ck_t, ck_tn, ck_y, ck_jump, ck_n)``: uninitialised like ``like``
+    (fake impls), else zero-filled on ``device`` so that slots past a trajectory's last step hold
+    defined values and the op's outputs are deterministic (opcheck compares them)."""
     mk = (
-        (lambda *s, dtype: like.new_empty(s, dtype=dtype)) if like is not None else (lambda *s, dtype: torch.zeros(s, dtype=dtype))
-    )  # zeros: deterministic outputs (opcheck)
+        (lambda *s, dtype: like.new_empty(s, dtype=dtype))
+        if like is not None
+        else (lambda *s, dtype: torch.zeros(s, dtype=dtype, device=device))
+    )
     return (
         mk(B, cap, dtype=torch.float64),
         mk(B, cap, dtype=torch.float64),
@@ -191,9 +196,12 @@ def _cpu_solve_impl(
     checks=None,
     check_msgs="",
     with_ck=True,
+    slopes=None,
 ):
     """The op's body: ``(y, stats, ck_t, ck_tn, ck_y, ck_jump, ck_n)``; ``(y, stats)`` when
-    ``with_ck`` is False (the no-gradient call, which skips the dispatcher)."""
+    ``with_ck`` is False (the no-gradient call, which skips the dispatcher). ``slopes``: an
+    optional ``(T, B, D)`` tensor the dense-output interpolant's time derivatives at the outputs
+    are written to (``Traj::out_dot``; for ``output_slopes``)."""
     _raise_failed_checks(checks, check_msgs)
     _check(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps)
     ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _contig(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
@@ -205,6 +213,8 @@ def _cpu_solve_impl(
         a = _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads)
         if ckpt_cap > 0:
             a.update(_ck_args(*ck))
+        if slopes is not None:
+            a["out_dot"] = slopes.data_ptr()
         _lib().cpu_solve(a, y0.dtype == torch.float64, y.data_ptr(), stats.data_ptr())
     return (y, stats) + ck
 
@@ -446,25 +456,14 @@ def output_slopes(prob) -> Tensor:
     """``(T, B, D)`` time derivatives of the dense-output interpolant at the output times
     (``Traj::out_dot`` of the core; row 0 zeros, NaN after a failure): a forward solve without
     gradients, making the same steps as ``solve``."""
-    lib = _lib()
     with torch.no_grad():
         spec = _spec_for(prob.func, None, prob.module_tensors)
         params = spec.params.detach().to(prob.y0.dtype)
-        y0 = prob.y0.detach()
         out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = problem_tensors(prob, spec)
-        ev_a = ev_a.detach()
-        args = (spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v)
-        _check(*args, prob.max_steps)
-        ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _contig(*args)
-        B, D = y0.shape
-        T = out_t.shape[1]
-        y = torch.empty(T, B, D, dtype=y0.dtype)
-        slopes = torch.empty(T, B, D, dtype=y0.dtype)
-        stats = torch.empty(B, 4, dtype=torch.int64)
-        if B > 0:
-            a = _args(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, prob.rtol, prob.atol, prob.max_steps, 0)
-            a["out_dot"] = slopes.data_ptr()
-            lib.cpu_solve(a, y0.dtype == torch.float64, y.data_ptr(), stats.data_ptr())
+        y0 = prob.y0.detach()
+        slopes = torch.empty(out_t.shape[1], *y0.shape, dtype=y0.dtype)
+        args = (spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a.detach(), in_t, in_v, prob.rtol, prob.atol, prob.max_steps, 0)
+        _cpu_solve_impl(*args, with_ck=False, slopes=slopes)
     return slopes
 
 

@@ -139,16 +139,22 @@ class _MetaCPU:
         return self._t < o
 
 
-def _ws_budget(device) -> int:
-    """Bytes of global scratch one launch may use: ``_WS_BUDGET_BYTES`` if set, else an eighth of
-    the free device memory within [256 MiB, 4 GiB] (one call to cudaMemGetInfo, no sync)."""
-    if _WS_BUDGET_BYTES is not None:
-        return int(_WS_BUDGET_BYTES)
+def _free_share(device, div: int, lo: int, hi: int) -> int:
+    """``free device memory // div`` clamped to ``[lo, hi]`` (``lo`` if it cannot be read); one
+    call to cudaMemGetInfo, no sync."""
     try:
         free, _ = torch.cuda.mem_get_info(device)
     except RuntimeError:
-        return _WS_BUDGET_MIN
-    return int(min(_WS_BUDGET_MAX, max(_WS_BUDGET_MIN, free // 8)))
+        return lo
+    return int(min(hi, max(lo, free // div)))
+
+
+def _ws_budget(device) -> int:
+    """Bytes of global scratch one launch may use: ``_WS_BUDGET_BYTES`` if set, else an eighth of
+    the free device memory within [256 MiB, 4 GiB]."""
+    if _WS_BUDGET_BYTES is not None:
+        return int(_WS_BUDGET_BYTES)
+    return _free_share(device, 8, _WS_BUDGET_MIN, _WS_BUDGET_MAX)
 
 
 def _n_thr(B, per_thread_elems, elem_size, budget=None):
@@ -158,7 +164,7 @@ def _n_thr(B, per_thread_elems, elem_size, budget=None):
     if per_thread_elems <= 0:
         return B
     if budget is None:
-        budget = _ws_budget(None) if _WS_BUDGET_BYTES is None else _WS_BUDGET_BYTES
+        budget = _ws_budget(None)
     n = max(_BLOCK, budget // (per_thread_elems * elem_size))
     return int(max(1, min(B, n)))
 
@@ -211,7 +217,7 @@ def _cuda_solve_impl(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_
     B, D = y0.shape
     y = torch.empty(out_t.shape[1], B, D, dtype=y0.dtype, device=y0.device)
     stats = torch.empty(B, 4, dtype=torch.int64, device=y0.device)
-    ck = _ck_zeros(B, D, max(int(ckpt_cap), 0), y0.dtype, y0.device)
+    ck = _cpu._ck_empty(B, D, max(int(ckpt_cap), 0), y0.dtype, device=y0.device)
     if B > 0:
         lib = _lib()
         with torch.cuda.device(y0.device):
@@ -254,19 +260,6 @@ def _(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, 
     B, D = y0.shape
     return (y0.new_empty(out_t.shape[1], B, D), y0.new_empty(B, 4, dtype=torch.int64)) + _cpu._ck_empty(
         B, D, max(int(ckpt_cap), 0), y0.dtype, like=y0
-    )
-
-
-def _ck_zeros(B, D, cap, dtype, device):
-    """Checkpoint outputs, zero-filled (one memset each) so that the slots past a trajectory's
-    last step hold defined values: the op's outputs are deterministic (opcheck compares them)."""
-    f64, u8, i64 = torch.float64, torch.uint8, torch.int64
-    return (
-        torch.zeros(B, cap, dtype=f64, device=device),
-        torch.zeros(B, cap, dtype=f64, device=device),
-        torch.zeros(B, cap, D, dtype=dtype, device=device),
-        torch.zeros(B, cap, dtype=u8, device=device),
-        torch.zeros(B, dtype=i64, device=device),
     )
 
 
@@ -386,11 +379,7 @@ cuda_solve.register_autograd(_backward, setup_context=_setup_context)
 def _ck_budget(device) -> int:
     """Bytes of checkpoints a forward may store: a quarter of the free device memory, within
     [1 GiB, 4 GiB] (trajectories that do not fit are re-solved in the backward)."""
-    try:
-        free, _ = torch.cuda.mem_get_info(device)
-    except RuntimeError:
-        return _CK_BUDGET_MIN
-    return int(min(_CK_BUDGET_MAX, max(_CK_BUDGET_MIN, free // 4)))
+    return _free_share(device, 4, _CK_BUDGET_MIN, _CK_BUDGET_MAX)
 
 
 def problem_tensors(prob, spec):

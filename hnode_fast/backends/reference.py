@@ -14,8 +14,7 @@ from ..reference.problem import build_stops, dose_delta, make_fun
 
 def _engine_args(prob, left: bool = False):
     """``(fun, stops, jump)`` of the engine for a validated Problem."""
-    shared = prob.step_mode == "shared"
-    fun = make_fun(prob.func, prob.field_like, prob.inputs, prob.state_shape, shared, prob.y0.dtype, left=left)
+    fun = make_fun(prob.func, prob.field_like, prob.inputs, prob.state_shape, prob.y0.dtype, left=left)
     stops = build_stops(prob.out_t, prob.events, prob.inputs)
     jump = None
     if prob.events is not None:

@@ -115,6 +115,17 @@ def initial_step(fun, t, y, f0, span, rtol, atol, norm, t_seg):
         return torch.minimum(torch.minimum(100 * h0, h1), span)
 
 
+def _combine_stages(K, xp):
+    """``sum_j K_j (xp @ P[j])``: ``K`` the gathered stage list (each ``(M, N)``), ``xp (M, 4)``
+    powers of ``x`` (or their derivatives) in the state dtype."""
+    acc = None
+    for j in range(7):
+        coef = xp @ torch.tensor(P[j], dtype=xp.dtype, device=xp.device)  # (M,)
+        term = K[j] * coef[:, None]
+        acc = term if acc is None else acc + term
+    return acc
+
+
 def dense_output(K, y_old, h, x):
     """scipy ``RkDenseOutput``: ``y_old + h * (K^T P) [x, x^2, x^3, x^4]``.
 
@@ -123,22 +134,11 @@ def dense_output(K, y_old, h, x):
     """
     dtype = y_old.dtype
     xp = torch.stack([x, x * x, x**3, x**4], dim=1).to(dtype)  # (M, 4)
-    acc = None
-    for j in range(7):
-        coef = xp @ torch.tensor(P[j], dtype=dtype, device=xp.device)  # (M,)
-        term = K[j] * coef[:, None]
-        acc = term if acc is None else acc + term
-    return y_old + h.to(dtype)[:, None] * acc
+    return y_old + h.to(dtype)[:, None] * _combine_stages(K, xp)
 
 
 def dense_slope(K, x):
     """Time derivative of :func:`dense_output` at ``x``: ``sum_j K_j sum_m (m + 1) x^m P[j, m]``
     (``h`` cancels). ``K`` gathered stage list (each ``(M, N)``), ``x`` float64 ``(M,)``."""
-    dtype = K[0].dtype
-    xp = torch.stack([torch.ones_like(x), 2 * x, 3 * x * x, 4 * x**3], dim=1).to(dtype)  # (M, 4)
-    acc = None
-    for j in range(7):
-        coef = xp @ torch.tensor(P[j], dtype=dtype, device=xp.device)  # (M,)
-        term = K[j] * coef[:, None]
-        acc = term if acc is None else acc + term
-    return acc
+    xp = torch.stack([torch.ones_like(x), 2 * x, 3 * x * x, 4 * x**3], dim=1).to(K[0].dtype)  # (M, 4)
+    return _combine_stages(K, xp)

@@ -70,8 +70,8 @@ def integrate(
     out_b.append(torch.arange(B, device=dev))
     out_j.append(torch.zeros(B, dtype=torch.long, device=dev))
     out_v.append(y0)
-    out_s.append(torch.zeros_like(y0.detach()))
-    first = first_step is not None
+    if slopes_out is not None:
+        out_s.append(torch.zeros_like(y0.detach()))
 
     y = y0
     if jump is not None:
@@ -104,9 +104,9 @@ def integrate(
         if bool(need_init.any()):
             seg_end = seg_end_now()
             f_new = fun(t, y, t)
-            if first and first_step is not None:  # the user's first step (one evaluation, no heuristic), clipped
+            if first_step is not None:  # the user's first step (one evaluation, no heuristic), clipped
                 h0 = torch.minimum(torch.full_like(t, float(first_step)), seg_end - t)
-                first = False
+                first_step = None  # restarts after stops use the heuristic
                 n_init = 1
             else:
                 h0 = dp.initial_step(fun, t, y, f_new, seg_end - t, rtol, atol, norm, t)

@@ -9,7 +9,7 @@ import torch
 from ..events import Events, Inputs, build_stops  # noqa: F401  (build_stops: re-exported)
 
 
-def make_fun(func, field_like: bool, inputs: Optional[Inputs], state_shape, shared: bool, dtype, left: bool = False):
+def make_fun(func, field_like: bool, inputs: Optional[Inputs], state_shape, dtype, left: bool = False):
     """Engine callback ``(t (B,) f64, y (B, N), t_seg (B,) f64) -> (B, N)`` in forward time.
 
     HybridFields get ``u`` looked up at the step start ``t_seg`` (``left=True``: the left limit,
@@ -56,7 +56,6 @@ def make_fun(func, field_like: bool, inputs: Optional[Inputs], state_shape, shar
             check(out, y.shape)
         return out
 
-    del shared  # (the time shape follows from state_shape)
     return fun
 
 
