@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 
+from .checks import EAGER, CheckSink
+
 
 def _as2d(x, name: str, dtype=None) -> torch.Tensor:
     x = torch.as_tensor(x, dtype=dtype)
@@ -51,18 +53,23 @@ class Events:
         if not torch.isfinite(self.amounts.detach()[real]).all():
             raise ValueError("events.amounts must be finite")
 
-    def validate(self, B: int, D: int, t0: torch.Tensor) -> "Events":
-        """Broadcast to ``B`` rows and check ranges against ``D`` states and start times."""
+    def validate(self, B: int, D: int, t0: torch.Tensor, sink: CheckSink = EAGER) -> "Events":
+        """Broadcast to ``B`` rows and check ranges against ``D`` states and the start times ``t0
+        (B,)``; the range checks report through ``sink`` (raised at once by default; recorded as
+        graph checks under ``torch.compile``, see :mod:`hnode_fast.checks`)."""
         ev = self
         if ev.times.shape[0] == 1 and B > 1:
-            ev = Events(ev.times.expand(B, -1), ev.states.expand(B, -1), ev.amounts.expand(B, -1))
+            # the constructor's checks hold for the broadcast rows: not re-run (nor traced)
+            ev = object.__new__(Events)
+            ev.times, ev.states, ev.amounts = self.times.expand(B, -1), self.states.expand(B, -1), self.amounts.expand(B, -1)
         if ev.times.shape[0] != B:
             raise ValueError(f"events have {ev.times.shape[0]} rows but the batch has {B} trajectories")
         real = torch.isfinite(ev.times)
-        if ((ev.states < 0) | (ev.states >= D))[real].any():
-            raise ValueError(f"events.states must be state indices in [0, {D})")
-        if (ev.times < t0.to(ev.times.device)[:, None])[real].any():
-            raise ValueError("events.times must not be earlier than the trajectory's first time")
+        sink.need(lambda: ~(((ev.states < 0) | (ev.states >= D)) & real).any(), f"events.states must be state indices in [0, {D})")
+        sink.need(
+            lambda: ~((ev.times < t0.to(ev.times.device)[:, None]) & real).any(),
+            "events.times must not be earlier than the trajectory's first time",
+        )
         return ev
 
 
@@ -98,9 +105,13 @@ class Inputs:
         return self.values.shape[2]
 
     def validate(self, B: int, K: int) -> "Inputs":
+        """Broadcast to ``B`` rows and check the number of inputs against the field's ``K`` (shape
+        checks only: the same eagerly and under ``torch.compile``)."""
         inp = self
         if inp.times.shape[0] == 1 and B > 1:
-            inp = Inputs(inp.times.expand(B, -1), inp.values.expand(B, -1, -1))
+            # the constructor's checks hold for the broadcast rows: not re-run (nor traced)
+            inp = object.__new__(Inputs)
+            inp.times, inp.values = self.times.expand(B, -1), self.values.expand(B, -1, -1)
         if inp.times.shape[0] != B:
             raise ValueError(f"inputs have {inp.times.shape[0]} rows but the batch has {B} trajectories")
         if inp.n_inputs != K:

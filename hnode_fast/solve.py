@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from . import _hostcheck
+from .checks import CheckSink, run_checks_once
 from .events import Events, Inputs
 from .fields.hybrid import HybridField
 from .types import Stats
@@ -67,8 +68,9 @@ class Problem:
     # torchdiffeq's options["first_step"]: the first step's size (reference backend)
     first_step: Optional[float] = None
     # Under torch.compile: the data-dependent checks of ``_validate`` as ``(0-dim bool tensor,
-    # ValueError message)`` pairs, computed in the graph instead of branched on while tracing.
-    # The cpu backend hands them to its op (which raises); other backends call ``run_checks()``.
+    # ValueError message)`` pairs (hnode_fast/checks.py), computed in the graph instead of branched
+    # on while tracing. Backends whose op takes them (``Caps.deferred_checks``: cpu, cuda) hand them
+    # to it (the op raises); for the others ``backends.run`` calls ``run_checks()`` first.
     checks: List[Tuple[torch.Tensor, str]] = dc_field(default_factory=list)
     # Eager, for an nn.Module func: its (parameters, buffers) as listed by _validate
     # (``_hostcheck.module_tensors``), so a backend does not walk the modules again.
@@ -76,22 +78,26 @@ class Problem:
 
     def run_checks(self) -> None:
         """Raise ``ValueError`` for the first failed deferred check (graph-breaks under compile)."""
-        _run_checks_once(self.checks)
+        run_checks_once(self.checks)
 
 
-def _check_finite_params(func, deferred: Optional[list] = None, params: Optional[List[torch.Tensor]] = None) -> None:
+def _all_finite(x: torch.Tensor):
+    return lambda: torch.isfinite(x.detach()).all()
+
+
+def _check_finite_params(func, sink: CheckSink, params: Optional[List[torch.Tensor]] = None) -> None:
     """ValueError naming the first parameter of ``func`` holding NaN or inf.
 
     Eager: one pass over all parameters in one call (``_hostcheck.first_nonfinite``; ``params``:
     ``func``'s parameters if already listed); the names are only looked up to name the culprit.
     It runs on every call: a cache keyed on tensor versions would miss writes through ``p.data``,
-    which do not bump ``p._version``. Under torch.compile: one deferred graph check per parameter.
+    which do not bump ``p._version``. Recording (torch.compile, GPU): one check per parameter.
     """
     if not isinstance(func, torch.nn.Module):
         return
-    if deferred is not None:
+    if sink.recording:
         for name, p in func.named_parameters():
-            deferred.append((torch.isfinite(p.detach()).all(), f"parameter {name!r} of func contains NaN or inf"))
+            sink.need(_all_finite(p), f"parameter {name!r} of func contains NaN or inf")
         return
     if params is None:
         params = _hostcheck.module_tensors(func)[0]
@@ -99,53 +105,6 @@ def _check_finite_params(func, deferred: Optional[list] = None, params: Optional
     if i >= 0:
         name = next((n for n, p in func.named_parameters() if p is params[i]), "?")
         raise ValueError(f"parameter {name!r} of func contains NaN or inf")
-
-
-def _traced_inputs(inputs: Inputs, B: int, K: int) -> Inputs:
-    """``Inputs.validate`` under torch.compile: the same checks (shapes only), and the broadcast
-    copy made without re-running the constructor's (data-dependent, already passed) checks."""
-    if inputs.times.shape[0] == 1 and B > 1:
-        new = object.__new__(Inputs)
-        new.times = inputs.times.expand(B, -1)
-        new.values = inputs.values.expand(B, -1, -1)
-        inputs = new
-    if inputs.times.shape[0] != B:
-        raise ValueError(f"inputs have {inputs.times.shape[0]} rows but the batch has {B} trajectories")
-    if inputs.values.shape[2] != K:
-        raise ValueError(f"inputs.values has {inputs.values.shape[2]} inputs but the field expects K={K}")
-    return inputs
-
-
-def _traced_events(events: Events, B: int, D: int, t0: torch.Tensor, deferred: list) -> Events:
-    """``Events.validate`` under torch.compile: the range checks become deferred graph checks."""
-    if events.times.shape[0] == 1 and B > 1:
-        new = object.__new__(Events)
-        new.times = events.times.expand(B, -1)
-        new.states = events.states.expand(B, -1)
-        new.amounts = events.amounts.expand(B, -1)
-        events = new
-    if events.times.shape[0] != B:
-        raise ValueError(f"events have {events.times.shape[0]} rows but the batch has {B} trajectories")
-    real = torch.isfinite(events.times)
-    deferred.append((~(((events.states < 0) | (events.states >= D)) & real).any(), f"events.states must be state indices in [0, {D})"))
-    deferred.append(
-        (
-            ~((events.times < t0.to(events.times.device)[:, None]) & real).any(),
-            "events.times must not be earlier than the trajectory's first time",
-        )
-    )
-    return events
-
-
-def _run_checks_once(deferred: list) -> None:
-    """Evaluate ``(0-dim bool tensor, message)`` checks with one read-back (one device sync);
-    ``ValueError`` with the first failed check's message."""
-    if not deferred:
-        return
-    oks = torch.stack([ok.reshape(()).to(deferred[0][0].device) for ok, _ in deferred]).cpu().tolist()
-    for ok, (_, msg) in zip(oks, deferred):
-        if not ok:
-            raise ValueError(msg)
 
 
 def _method_and_options(method, options, max_steps):
@@ -249,30 +208,24 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
             )
         out_shape = tuple(y0.shape) if y0.dim() == 2 else (t.shape[0], y0.shape[-1])
         y0_2d = y0
-    # Data-dependent checks: raised here when eager; under torch.compile they become graph
-    # computations (``deferred``) that the backend evaluates at run time, so nothing is branched
-    # on while tracing and the solve stays one graph. Eager on a GPU they are computed the same way
-    # and read back together at the end (one device synchronisation instead of one per check).
+    # Data-dependent checks go to one sink (hnode_fast/checks.py): raised at once when eager on
+    # the host; under torch.compile recorded as graph computations the backend's op evaluates at
+    # run time (nothing is branched on while tracing, the solve stays one graph); eagerly on a GPU
+    # recorded and read back together at the end (one device synchronisation, not one per check).
     compiling = torch.compiler.is_compiling()
     on_device = not compiling and y0.device.type != "cpu"
-    deferred: Optional[list] = [] if (compiling or on_device) else None
-    if deferred is not None:
-        deferred.append((torch.isfinite(y0.detach()).all(), "y0 contains NaN or inf"))
-    elif not _hostcheck.all_finite(y0):
-        raise ValueError("y0 contains NaN or inf")
+    sink = CheckSink(record=compiling or on_device)
+    sink.need(lambda: torch.isfinite(y0.detach()).all(), "y0 contains NaN or inf", host=lambda: _hostcheck.all_finite(y0))
     if t.device != y0.device:
         raise ValueError(f"t is on {t.device} but y0 is on {y0.device}")
     tt = t.detach().to(torch.float64)
-    msg_inc = "t must be strictly increasing (backward-in-time solves are not supported)"
-    if deferred is not None:
-        deferred.append((torch.isfinite(tt).all(), "t contains NaN or inf"))
-        if tt.shape[-1] > 1:
-            deferred.append(((tt[..., 1:] > tt[..., :-1]).all(), msg_inc))
-    else:
-        if not _hostcheck.all_finite(tt):
-            raise ValueError("t contains NaN or inf")
-        if tt.shape[-1] > 1 and not _hostcheck.rows_increasing(tt):
-            raise ValueError(msg_inc)
+    sink.need(lambda: torch.isfinite(tt).all(), "t contains NaN or inf", host=lambda: _hostcheck.all_finite(tt))
+    if tt.shape[-1] > 1:
+        sink.need(
+            lambda: (tt[..., 1:] > tt[..., :-1]).all(),
+            "t must be strictly increasing (backward-in-time solves are not supported)",
+            host=lambda: _hostcheck.rows_increasing(tt),
+        )
     D = y0_2d.shape[-1]
     B = y0_2d.shape[0] if y0.dim() >= 2 or one_state else (tt.shape[0] if tt.dim() == 2 else 1)
     y = y0_2d.reshape(1, D).expand(B, D) if (y0.dim() == 1 and not one_state) else y0_2d
@@ -283,15 +236,11 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
     else:
         out_t = tt.reshape(1, -1).expand(B, -1).contiguous()
     if step_mode == "shared" and B > 1:
-        msg_sh = "step_mode='shared' needs one time grid t shared by all trajectories"
-        if deferred is not None:
-            deferred.append(((out_t == out_t[:1]).all(), msg_sh))
-        elif not bool((out_t == out_t[:1]).all()):
-            raise ValueError(msg_sh)
+        sink.need(lambda: (out_t == out_t[:1]).all(), "step_mode='shared' needs one time grid t shared by all trajectories")
     # eager: the parameters listed once, for the finite check and the dtype/device checks
     mt = _hostcheck.module_tensors(func) if not compiling and isinstance(func, torch.nn.Module) else None
     params = mt[0] if mt is not None else None
-    _check_finite_params(func, deferred, params)
+    _check_finite_params(func, sink, params)
     if field_like:
         if D != func.n_states:
             raise ValueError(f"y0 has {D} states but the field has D={func.n_states}")
@@ -311,17 +260,13 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
             raise ValueError("inputs must be an hf.Inputs")
         if not field_like:
             raise ValueError("inputs are only supported for hf.HybridField funcs")
-        inputs = inputs.validate(B, func.n_inputs) if deferred is None else _traced_inputs(inputs, B, func.n_inputs)
+        inputs = inputs.validate(B, func.n_inputs)
     if events is not None:
         if not isinstance(events, Events):
             raise ValueError("events must be an hf.Events")
-        if deferred is None:
-            events = events.validate(B, D, out_t[:, 0])
-        else:
-            events = _traced_events(events, B, D, out_t[:, 0], deferred)
-    if on_device and deferred is not None:
-        _run_checks_once(deferred)
-        deferred = None
+        events = events.validate(B, D, out_t[:, 0], sink)
+    if on_device:
+        sink.flush()
     return Problem(
         func=func,
         field_like=field_like,
@@ -336,7 +281,7 @@ def _validate(func, y0, t, rtol, atol, method, backend, adjoint, step_mode, even
         max_steps=max_steps,
         events=events,
         inputs=inputs,
-        checks=deferred if deferred is not None else [],
+        checks=sink.records if compiling and sink.records is not None else [],
         module_tensors=mt,
         first_step=first_step,
     )

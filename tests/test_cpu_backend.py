@@ -342,14 +342,14 @@ def test_gradcheck_op(cap):
     spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
 
     def fn(params, y0, ev_a):
-        y, st = torch.ops.hnode_fast.cpu_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, 1, cap)[
+        y, st = torch.ops.hnode_fast.solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, 1, cap)[
             :2
         ]
         return y
 
     params = spec.params.detach().clone().requires_grad_()
     with torch.no_grad():
-        _, st = torch.ops.hnode_fast.cpu_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, 1)[:2]
+        _, st = torch.ops.hnode_fast.solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, 1)[:2]
     assert (st[:, 0] == 2).all() and (st[:, 1] == 0).all()  # one clipped step per segment
     assert torch.autograd.gradcheck(fn, (params, y0.requires_grad_(), ev_a.requires_grad_()), eps=1e-6, atol=1e-8)
 
@@ -359,7 +359,7 @@ def test_opcheck(cap):
     spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
     params = spec.params.detach().clone().requires_grad_()
     args = (spec.ints, params, y0.requires_grad_(), out_t, stops, ev_t, ev_s, ev_a.requires_grad_(), in_t, in_v, 1e-1, 1e-1, 100, 1, cap)
-    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve.default, args)
+    torch.library.opcheck(torch.ops.hnode_fast.solve.default, args)
 
 
 # ---------------------------------------------------------------- backsolve (continuous) adjoint
@@ -545,7 +545,7 @@ def test_backsolve_failed_forward_like_reference():
 
 def test_opcheck_backsolve():
     spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
-    y = torch.ops.hnode_fast.cpu_solve(spec.ints, spec.params.detach(), y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-3, 1e-6, 100, 1)[
+    y = torch.ops.hnode_fast.solve(spec.ints, spec.params.detach(), y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-3, 1e-6, 100, 1)[
         0
     ]
     args = (
@@ -566,7 +566,7 @@ def test_opcheck_backsolve():
         100,
         1,
     )
-    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve_backsolve.default, args)
+    torch.library.opcheck(torch.ops.hnode_fast.backsolve.default, args)
 
 
 # ---------------------------------------------------------------- dispatch and bad input
@@ -646,13 +646,14 @@ def test_op_rejects_bad_arguments():
         args = list(good)
         args[i] = bad
         with pytest.raises((ValueError, RuntimeError)):
-            torch.ops.hnode_fast.cpu_solve(*args)
+            torch.ops.hnode_fast.solve(*args)
 
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_same_values_helper(fused):
     """The cache check behind the spec caches (fused: the one-sync form used off the CPU)."""
-    from hnode_fast.backends.cpu import _same_values, _snapshot
+    from hnode_fast.backends.specs import same_values as _same_values
+    from hnode_fast.backends.specs import snapshot as _snapshot
 
     ts = [torch.randn(3, 2, dtype=f64), torch.ones(4, dtype=torch.bool), torch.randn(5, dtype=f64)]
     snap = _snapshot(ts)

@@ -121,11 +121,11 @@ def test_ops_registered_with_fake_impls():
         100,
         cap,
     )
-    y, st, ck_t, ck_tn, ck_y, ck_j, ck_n = torch.ops.hnode_fast.cuda_solve(*args)
+    y, st, ck_t, ck_tn, ck_y, ck_j, ck_n = torch.ops.hnode_fast.solve(*args[:13], 0, cap)
     assert y.shape == (T, B, D) and st.shape == (B, 4) and st.dtype == torch.int64
     assert ck_t.shape == (B, cap) and ck_y.shape == (B, cap, D) and ck_j.dtype == torch.uint8 and ck_n.shape == (B,)
-    gp, gy0, gev = torch.ops.hnode_fast.cuda_solve_backward(
-        torch.zeros(T, B, D, dtype=f64, **m), *args[:13], st, ck_t, ck_tn, ck_y, ck_j, ck_n
+    gp, gy0, gev = torch.ops.hnode_fast.solve_backward(
+        torch.zeros(T, B, D, dtype=f64, **m), *args[:13], 0, st, ck_t, ck_tn, ck_y, ck_j, ck_n
     )
     assert gp.shape == params.shape and gy0.shape == (B, D) and gev.shape == (B, E)
 
@@ -311,7 +311,7 @@ def test_gradcheck_op(cap):
     spec, p0, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
 
     def fn(params, y0, ev_a):
-        return torch.ops.hnode_fast.cuda_solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, cap)[0]
+        return torch.ops.hnode_fast.solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, 0, cap)[0]
 
     params = p0.clone().requires_grad_()
     assert torch.autograd.gradcheck(fn, (params, y0.requires_grad_(), ev_a.requires_grad_()), eps=1e-6, atol=1e-8)
@@ -335,9 +335,10 @@ def test_opcheck(cap):
         1e-1,
         1e-1,
         100,
+        0,
         cap,
     )
-    torch.library.opcheck(torch.ops.hnode_fast.cuda_solve.default, args)
+    torch.library.opcheck(torch.ops.hnode_fast.solve.default, args)
 
 
 @NEEDS_GPU
@@ -492,18 +493,19 @@ def test_runs_on_current_stream_and_rejects_bad_args():
     s.synchronize()
     assert torch.isfinite(y).all()
     spec, p0, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
-    good = [spec.ints, p0, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-3, 1e-6, 100]
+    good = [spec.ints, p0, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-3, 1e-6, 100, 0]
     for i, bad in ((1, p0[:-1]), (2, y0.float()), (3, out_t[:1]), (6, ev_s + 5), (2, y0.cpu())):
         args = list(good)
         args[i] = bad
         with pytest.raises((ValueError, RuntimeError)):
-            torch.ops.hnode_fast.cuda_solve(*args)
+            torch.ops.hnode_fast.solve(*args)
 
 
-def test_cuda_op_validation_reuses_cpu_checks():
-    """The CUDA op validates shapes/dtypes with the CPU op's checker through a device proxy
-    (exercised here on CPU tensors wrapped in the proxy; runs without a GPU)."""
-    from hnode_fast.backends import cpu as hcpu
+def test_one_argument_check_for_every_device():
+    """The CPU and CUDA kernels validate their arguments with one checker (backends/args.py):
+    shapes, dtypes and ranges on CPU tensors here; the device rules (everything but ``ints`` on
+    y0's device) with meta tensors standing in for a device, so this runs without a GPU."""
+    from hnode_fast.backends import args as A
 
     torch.manual_seed(0)
     spec = random_field(D=2, hidden=(3,)).compile()
@@ -525,12 +527,27 @@ def test_cuda_op_validation_reuses_cpu_checks():
         torch.zeros(B, 0, 0, dtype=f64),
     ]
 
-    def check(args):
-        hcpu._check(*[a if i == 0 else hcuda._MetaCPU(a) for i, a in enumerate(args)], 100)
+    def check(args, device_type="cpu"):
+        A.check("op", *args, 100, device_type)
 
     check(good)
-    for i, bad in ((1, good[1][:-1]), (2, y0.float()), (3, out_t[:1]), (6, ev_s + 5), (6, ev_s.long())):
+    for i, bad in ((1, good[1][:-1]), (2, y0.float()), (3, out_t[:1]), (6, ev_s + 5), (6, ev_s.long()), (0, spec.ints.long())):
         args = list(good)
         args[i] = bad
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="^op: "):
             check(args)
+    with pytest.raises(ValueError, match="y0 must be a CUDA tensor"):
+        check(good, "cuda")
+    # a device: every tensor but ints on y0's device (no events, so no value is read)
+    host = [x[:, :0] if i in (4, 5, 6, 7) else x for i, x in enumerate(good)]
+    dev = [x if i == 0 else x.to("meta") for i, x in enumerate(host)]
+    check(dev, "meta")
+    for i in range(1, 10):
+        args = list(dev)
+        args[i] = host[i]
+        with pytest.raises(ValueError, match="is on cpu but y0 is on meta|y0 must be a META tensor"):
+            check(args, "meta")
+    args = list(dev)
+    args[0] = torch.zeros_like(spec.ints, device="meta")
+    with pytest.raises(ValueError, match="ints .FieldSpec table. must be a CPU tensor"):
+        check(args, "meta")

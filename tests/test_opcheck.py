@@ -12,7 +12,8 @@ import torch
 from conftest import random_field
 
 import hnode_fast as hf
-from hnode_fast.backends import cpu, cuda  # noqa: F401  (registers the cpu_* and cuda_* ops)
+from hnode_fast.backends import args as A
+from hnode_fast.backends import cpu, cuda  # noqa: F401  (register the cpu and cuda kernels of the ops)
 from hnode_fast.backends.triton import library as _triton_library  # noqa: F401  (registers triton_* ops)
 from hnode_fast.solve import _validate
 
@@ -21,11 +22,10 @@ NS = "hnode_fast"
 
 # op name -> where it is checked; a new op fails test_every_op_is_covered until it is added here
 COVERAGE = {
-    "cpu_solve": "opcheck here",
-    "cpu_solve_backward": "opcheck here",
-    "cpu_solve_backsolve": "opcheck here",
-    "cuda_solve": "fake impl here; opcheck needs a CUDA device",
-    "cuda_solve_backward": "fake impl here; opcheck needs a CUDA device",
+    # CPU kernels: opcheck here; CUDA kernels: fake impl here, opcheck needs a CUDA device
+    "solve": "opcheck here",
+    "solve_backward": "opcheck here",
+    "backsolve": "opcheck here (CPU kernel only)",
     "triton_field_eval": "tests/triton/test_triton_opcheck.py",
     "triton_field_eval_bwd": "tests/triton/test_triton_opcheck.py",
     "triton_dp_step": "tests/triton/test_triton_opcheck.py",
@@ -62,7 +62,7 @@ def test_op_has_fake_impl(name):
 
 
 def problem_args(B=3, D=3, events=False, inputs=False, seed=0, device="cpu"):
-    """The ``cpu_solve`` tensor arguments and scalars of a small random problem."""
+    """The ``solve`` op's tensor arguments and scalars of a small random problem."""
     torch.manual_seed(seed)
     f = random_field(D=D, hidden=(5,), n_inputs=1 if inputs else 0)
     y0 = torch.rand(B, D, dtype=f64) + 0.1
@@ -75,7 +75,7 @@ def problem_args(B=3, D=3, events=False, inputs=False, seed=0, device="cpu"):
     inp = hf.Inputs(times=torch.tensor([[0.0, 0.5]] * B, dtype=f64), values=torch.rand(B, 2, 1, dtype=f64)) if inputs else None
     prob = _validate(f, y0, t, 1e-6, 1e-8, "dopri5", "cpu", "discrete", "per_sample", ev, inp, 1000)
     spec = f.compile()
-    out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = cpu.problem_tensors(prob, spec)
+    out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = A.problem_tensors(prob, spec)
     tensors = [spec.ints, spec.params.detach().clone(), prob.y0.contiguous(), out_t, stops, ev_t, ev_s, ev_a.detach().clone(), in_t, in_v]
     return [x.to(device) if i > 0 else x for i, x in enumerate(tensors)], (1e-6, 1e-8, 1000)
 
@@ -92,42 +92,42 @@ CASES = {"plain": {}, "events": dict(events=True), "inputs": dict(inputs=True), 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("cap", [0, 16])
-def test_opcheck_cpu_solve(case, cap):
+def test_opcheck_solve_cpu(case, cap):
     tensors, (rtol, atol, max_steps) = problem_args(**CASES[case])
-    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve.default, (*with_grad(tensors), rtol, atol, max_steps, 1, cap))
+    torch.library.opcheck(torch.ops.hnode_fast.solve.default, (*with_grad(tensors), rtol, atol, max_steps, 1, cap))
 
 
-def test_opcheck_cpu_solve_with_checks():
+def test_opcheck_solve_cpu_with_checks():
     tensors, (rtol, atol, max_steps) = problem_args()
     checks = torch.ones(2, dtype=torch.bool)
     torch.library.opcheck(
-        torch.ops.hnode_fast.cpu_solve.default, (*with_grad(tensors), rtol, atol, max_steps, 1, 8, checks, "first\nsecond")
+        torch.ops.hnode_fast.solve.default, (*with_grad(tensors), rtol, atol, max_steps, 1, 8, checks, "first\nsecond")
     )
 
 
-def test_cpu_solve_raises_failed_check():
+def test_solve_raises_failed_check():
     tensors, (rtol, atol, max_steps) = problem_args()
     checks = torch.tensor([True, False])
     with pytest.raises(ValueError, match="^second$"):
-        torch.ops.hnode_fast.cpu_solve(*tensors, rtol, atol, max_steps, 1, 0, checks, "first\nsecond")
+        torch.ops.hnode_fast.solve(*tensors, rtol, atol, max_steps, 1, 0, checks, "first\nsecond")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("cap", [0, 16])
-def test_opcheck_cpu_solve_backward(case, cap):
+def test_opcheck_solve_backward_cpu(case, cap):
     tensors, (rtol, atol, max_steps) = problem_args(**CASES[case])
-    out = torch.ops.hnode_fast.cpu_solve(*tensors, rtol, atol, max_steps, 1, cap)
-    y, ck = out[0], out[2:]
+    out = torch.ops.hnode_fast.solve(*tensors, rtol, atol, max_steps, 1, cap)
+    y = out[0]
     grad_y = torch.randn_like(y)
-    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve_backward.default, (grad_y, *tensors, rtol, atol, max_steps, 1, *ck))
+    torch.library.opcheck(torch.ops.hnode_fast.solve_backward.default, (grad_y, *tensors, rtol, atol, max_steps, 1, *out[1:]))
 
 
 @pytest.mark.parametrize("case", ["plain", "inputs", "batch1"])
-def test_opcheck_cpu_solve_backsolve(case):
+def test_opcheck_backsolve_cpu(case):
     tensors, (rtol, atol, max_steps) = problem_args(**CASES[case])
-    y = torch.ops.hnode_fast.cpu_solve(*tensors, rtol, atol, max_steps, 1, 0)[0]
+    y = torch.ops.hnode_fast.solve(*tensors, rtol, atol, max_steps, 1, 0)[0]
     grad_y = torch.randn_like(y)
-    torch.library.opcheck(torch.ops.hnode_fast.cpu_solve_backsolve.default, (grad_y, *tensors, y.contiguous(), rtol, atol, max_steps, 1))
+    torch.library.opcheck(torch.ops.hnode_fast.backsolve.default, (grad_y, *tensors, y.contiguous(), rtol, atol, max_steps, 1))
 
 
 # ----------------------------------------------------------------------------- cuda ops
@@ -150,11 +150,11 @@ def test_cuda_solve_fake_impl(cap):
     B, D = tensors[2].shape
     T = tensors[3].shape[1]
     with mode:
-        out = torch.ops.hnode_fast.cuda_solve(*fake, rtol, atol, max_steps, cap)
+        out = torch.ops.hnode_fast.solve(*fake, rtol, atol, max_steps, 0, cap)
         assert out[0].shape == (T, B, D) and out[0].dtype == f64 and out[0].device.type == "cuda"
         assert out[1].shape == (B, 4) and out[1].dtype == torch.int64
         assert out[2].shape == (B, cap) and out[4].shape == (B, cap, D) and out[6].shape == (B,)
-        gp, gy0, gev = torch.ops.hnode_fast.cuda_solve_backward(torch.empty_like(out[0]), *fake, rtol, atol, max_steps, out[1], *out[2:])
+        gp, gy0, gev = torch.ops.hnode_fast.solve_backward(torch.empty_like(out[0]), *fake, rtol, atol, max_steps, 0, *out[1:])
         assert gp.shape == fake[1].shape and gy0.shape == (B, D) and gev.shape == fake[7].shape
         assert gy0.device.type == "cuda"
 
@@ -164,8 +164,8 @@ def test_cuda_solve_fake_impl(cap):
 @pytest.mark.parametrize("cap", [0, 16])
 def test_opcheck_cuda_ops(cap):
     tensors, (rtol, atol, max_steps) = problem_args(events=True, device="cuda")
-    torch.library.opcheck(torch.ops.hnode_fast.cuda_solve.default, (*with_grad(tensors), rtol, atol, max_steps, cap))
-    out = torch.ops.hnode_fast.cuda_solve(*tensors, rtol, atol, max_steps, cap)
+    torch.library.opcheck(torch.ops.hnode_fast.solve.default, (*with_grad(tensors), rtol, atol, max_steps, 0, cap))
+    out = torch.ops.hnode_fast.solve(*tensors, rtol, atol, max_steps, 0, cap)
     torch.library.opcheck(
-        torch.ops.hnode_fast.cuda_solve_backward.default, (torch.randn_like(out[0]), *tensors, rtol, atol, max_steps, out[1], *out[2:])
+        torch.ops.hnode_fast.solve_backward.default, (torch.randn_like(out[0]), *tensors, rtol, atol, max_steps, 0, *out[1:])
     )

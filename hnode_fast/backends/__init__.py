@@ -6,9 +6,8 @@ for one that is not built raises instead of falling back silently.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
-
 from . import reference as _reference
+from .caps import CAPS
 
 _BUILT = {"reference": _reference.solve}
 
@@ -19,32 +18,27 @@ def available() -> list:
     return sorted(_BUILT)
 
 
-_ADJOINTS: Dict[str, Tuple[str, ...]] = {"reference": ("discrete", "backsolve")}
-
 from . import cpu as _cpu  # noqa: E402
 
 if _cpu.is_available():
     _BUILT["cpu"] = _cpu.solve
-    _ADJOINTS["cpu"] = ("discrete", "backsolve")
 
 
 from . import cuda as _cuda  # noqa: E402
 
 if _cuda.is_available():
     _BUILT["cuda"] = _cuda.solve
-    _ADJOINTS["cuda"] = ("discrete",)
 
 
 from . import triton as _triton  # noqa: E402  (imports triton lazily, on first use)
 
 if _triton.has_triton():
     _BUILT["triton"] = _triton.solve  # never picked by "auto"
-    _ADJOINTS["triton"] = ("discrete", "backsolve")
 
 
 def supports(backend: str, adjoint: str = "discrete") -> bool:
     """Whether ``backend`` is built and implements ``adjoint``."""
-    return backend in _BUILT and adjoint in _ADJOINTS.get(backend, ("discrete",))
+    return backend in _BUILT and adjoint in CAPS[backend].adjoints
 
 
 def resolve(prob, backend: str) -> str:
@@ -59,15 +53,14 @@ def resolve(prob, backend: str) -> str:
         raise NotImplementedError(_cuda.unavailable_reason())
     if backend not in _BUILT:
         raise NotImplementedError(f"backend={backend!r} is not available in this build (available: {available()}); see hf.build_info()")
-    if getattr(prob, "first_step", None) is not None and backend != "reference":
-        raise NotImplementedError(f"options['first_step'] is supported by backend='reference' only (got backend={backend!r})")
+    CAPS[backend].require(prob)
     return backend
 
 
 def run(prob, backend: str):
     """Solve ``prob`` on the resolved ``backend``: ``(y (T, B, N), Stats)``."""
-    if backend != "cpu" and prob.checks:
-        prob.run_checks()  # only the cpu op takes deferred (torch.compile) checks; the others branch here
+    if prob.checks and not CAPS[backend].deferred_checks:
+        prob.run_checks()  # backends whose op takes no deferred (torch.compile) checks branch here
     return _BUILT[backend](prob)
 
 
@@ -82,7 +75,7 @@ if "cpu" in _BUILT:
 
 def supports_time_grad(backend: str) -> bool:
     """Whether ``backend`` gives gradients with respect to the output times ``t``."""
-    return backend in _SLOPES
+    return CAPS[backend].time_grad and backend in _SLOPES
 
 
 def output_slopes(prob, backend: str):

@@ -10,6 +10,7 @@ import torch
 from ..reference.backsolve import BacksolveFunction
 from ..reference.engine import integrate
 from ..reference.problem import build_stops, dose_delta, make_fun
+from .caps import CAPS
 
 
 def _engine_args(prob, left: bool = False):
@@ -27,14 +28,13 @@ def _engine_args(prob, left: bool = False):
 
 def solve(prob):
     """``Problem -> (y (T, B, D), Stats)``."""
+    CAPS["reference"].require(prob)
     fun, stops, jump = _engine_args(prob)
     if prob.adjoint == "discrete":
         y, _, stats = integrate(
             fun, prob.y0, prob.out_t, prob.rtol, prob.atol, prob.step_mode, prob.max_steps, stops, jump, first_step=prob.first_step
         )
         return y, stats
-    if prob.events is not None and prob.events.amounts.requires_grad:
-        raise NotImplementedError("adjoint='backsolve' gives no gradient to events.amounts; use adjoint='discrete'")
     params = [p for p in prob.func.parameters() if p.requires_grad] if isinstance(prob.func, torch.nn.Module) else []
     # the backsolve adjoint's own record (the Problem stays as validated): the engine callbacks,
     # the parameters to differentiate, and a slot for the forward's stats

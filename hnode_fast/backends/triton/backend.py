@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ..caps import CAPS
 from . import ops
 from .backsolve import solve_backsolve
 from .plan import build_plan
@@ -13,16 +14,7 @@ from .solver import SYNC_EVERY, integrate
 
 
 def _check(prob) -> None:
-    if not prob.field_like:
-        raise NotImplementedError(
-            "backend='triton' solves hf.HybridField problems only; plain callables func(t, y) need backend='reference'"
-        )
-    if prob.step_mode != "per_sample":
-        raise NotImplementedError("backend='triton' implements step_mode='per_sample' only; use backend='reference' for step_mode='shared'")
-    if prob.adjoint not in ("discrete", "backsolve"):
-        raise NotImplementedError(f"backend='triton': unknown adjoint {prob.adjoint!r}")
-    if prob.adjoint == "backsolve" and prob.events is not None and prob.events.amounts.requires_grad:
-        raise NotImplementedError("adjoint='backsolve' gives no gradient to events.amounts; use adjoint='discrete'")
+    CAPS["triton"].require(prob)
     if prob.y0.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"y0: backend='triton' supports float32/float64, got {prob.y0.dtype}")
     ops._check_device(prob.y0)
