@@ -342,9 +342,7 @@ def test_gradcheck_op(cap):
     spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
 
     def fn(params, y0, ev_a):
-        y, st = torch.ops.hnode_fast.solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, 1, cap)[
-            :2
-        ]
+        y, st = torch.ops.hnode_fast.solve(spec.ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-1, 1e-1, 100, 1, cap)[:2]
         return y
 
     params = spec.params.detach().clone().requires_grad_()
@@ -545,9 +543,7 @@ def test_backsolve_failed_forward_like_reference():
 
 def test_opcheck_backsolve():
     spec, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = _op_case()
-    y = torch.ops.hnode_fast.solve(spec.ints, spec.params.detach(), y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-3, 1e-6, 100, 1)[
-        0
-    ]
+    y = torch.ops.hnode_fast.solve(spec.ints, spec.params.detach(), y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, 1e-3, 1e-6, 100, 1)[0]
     args = (
         torch.randn_like(y),
         spec.ints,

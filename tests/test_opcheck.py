@@ -100,9 +100,7 @@ def test_opcheck_solve_cpu(case, cap):
 def test_opcheck_solve_cpu_with_checks():
     tensors, (rtol, atol, max_steps) = problem_args()
     checks = torch.ones(2, dtype=torch.bool)
-    torch.library.opcheck(
-        torch.ops.hnode_fast.solve.default, (*with_grad(tensors), rtol, atol, max_steps, 1, 8, checks, "first\nsecond")
-    )
+    torch.library.opcheck(torch.ops.hnode_fast.solve.default, (*with_grad(tensors), rtol, atol, max_steps, 1, 8, checks, "first\nsecond"))
 
 
 def test_solve_raises_failed_check():
