@@ -26,6 +26,8 @@ COVERAGE = {
     "solve": "opcheck here",
     "solve_backward": "opcheck here",
     "backsolve": "opcheck here (CPU kernel only)",
+    "eval_field": "opcheck here (CPU kernel only)",
+    "vjp_field": "opcheck here (CPU kernel only)",
     "triton_field_eval": "tests/triton/test_triton_opcheck.py",
     "triton_field_eval_bwd": "tests/triton/test_triton_opcheck.py",
     "triton_dp_step": "tests/triton/test_triton_opcheck.py",
@@ -126,6 +128,35 @@ def test_opcheck_backsolve_cpu(case):
     y = torch.ops.hnode_fast.solve(*tensors, rtol, atol, max_steps, 1, 0)[0]
     grad_y = torch.randn_like(y)
     torch.library.opcheck(torch.ops.hnode_fast.backsolve.default, (grad_y, *tensors, y.contiguous(), rtol, atol, max_steps, 1))
+
+
+@pytest.mark.parametrize("inputs", [False, True])
+def test_opcheck_field_ops_cpu(inputs):
+    torch.manual_seed(3)
+    spec = random_field(D=3, hidden=(5,), n_inputs=2 if inputs else 0).compile()
+    z = torch.randn(4, 3, dtype=f64)
+    u = torch.randn(4, 2, dtype=f64) if inputs else None
+    p = spec.params.detach().clone()
+    torch.library.opcheck(torch.ops.hnode_fast.eval_field.default, (spec.ints, p.requires_grad_(), z.requires_grad_(), u, 1, 1))
+    a = torch.randn(4, 3, dtype=f64)
+    torch.library.opcheck(torch.ops.hnode_fast.vjp_field.default, (spec.ints, p.detach(), z.detach(), u, a))
+
+
+def test_eval_field_op_gradients_and_errors():
+    """``eval_field``'s registered autograd (through ``vjp_field``) against finite differences;
+    inputs get no gradient and say so; bad arguments name the op."""
+    torch.manual_seed(4)
+    spec = random_field(D=3, hidden=(4,), n_inputs=1).compile()
+    z = torch.randn(3, 3, dtype=f64, requires_grad=True)
+    u = torch.randn(3, 1, dtype=f64)
+    p = spec.params.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda p, z: torch.ops.hnode_fast.eval_field(spec.ints, p, z, u), (p, z))
+    with pytest.raises(NotImplementedError, match="no gradient to the inputs"):
+        torch.ops.hnode_fast.eval_field(spec.ints, p, z, u.clone().requires_grad_()).sum().backward()
+    with pytest.raises(ValueError, match="hnode_fast::eval_field: u must be"):
+        torch.ops.hnode_fast.eval_field(spec.ints, p.detach(), z.detach(), torch.zeros(3, 2, dtype=f64))
+    with pytest.raises(ValueError, match="hnode_fast::eval_field: params"):
+        torch.ops.hnode_fast.eval_field(spec.ints, p.detach()[:-1], z.detach(), u)
 
 
 # ----------------------------------------------------------------------------- cuda ops

@@ -24,7 +24,7 @@ accepted steps a forward stores for the discrete adjoint.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -33,6 +33,8 @@ from ..events import build_stops
 from ..fields.spec import H_D, H_K, H_P
 
 NAMES = ("ints", "params", "y0", "out_t", "stops", "ev_t", "ev_s", "ev_a", "in_t", "in_v")
+# the ten tensors, then rtol, atol, max_steps, n_threads: the leading arguments of every solver op
+SolveArgs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, float, float, int, int]
 
 
 def check(op: str, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, max_steps, device_type: str = "cpu") -> None:
@@ -186,6 +188,21 @@ def stack_checks(checks) -> tuple:
         return None, ""
     chk = torch.stack([c.reshape(()).to(device="cpu", dtype=torch.bool) for c, _ in checks])
     return chk, "\n".join(m.replace("\n", " ") for _, m in checks)
+
+
+def solve_args(prob, checks: Optional[list], device_type: str, n_threads: int) -> SolveArgs:
+    """The first 14 arguments of ``hnode_fast::solve`` for a validated Problem: the field's
+    FieldSpec (:func:`.specs.spec_for`, differentiable when a gradient is needed; ``checks``: the
+    Problem's deferred checks under torch.compile, to which the mask check is appended), its
+    parameters in y0's dtype, the Problem's tensors, tolerances, ``max_steps`` and ``n_threads``."""
+    from .specs import spec_for
+
+    spec = spec_for(prob.func, checks, prob.module_tensors)
+    params = spec.params
+    if params.dtype != prob.y0.dtype:
+        params = params.to(prob.y0.dtype)
+    out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = problem_tensors(prob, spec, device_type)
+    return (spec.ints, params, prob.y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, prob.rtol, prob.atol, prob.max_steps, n_threads)
 
 
 def problem_tensors(prob, spec, device_type: str = "cpu"):

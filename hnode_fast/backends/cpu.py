@@ -20,11 +20,13 @@ and (discrete adjoint only) ``events.amounts``. What the backend supports is dec
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import _native
+from ..fields.spec import H_D, H_K, H_P
 from ..types import Stats
 from . import args as A
 from . import ops
@@ -227,27 +229,8 @@ def solve(prob):
     _lib()
     compiling = torch.compiler.is_compiling()
     checks = prob.checks if compiling else None
-    spec = spec_for(prob.func, checks, prob.module_tensors)
-    params = spec.params
-    if params.dtype != prob.y0.dtype:
-        params = params.to(prob.y0.dtype)
-    out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = A.problem_tensors(prob, spec)
-    args = (
-        spec.ints,
-        params,
-        prob.y0,
-        out_t,
-        stops,
-        ev_t,
-        ev_s,
-        ev_a,
-        in_t,
-        in_v,
-        prob.rtol,
-        prob.atol,
-        prob.max_steps,
-        0 if compiling else torch.get_num_threads(),
-    )  # 0: the op reads it at run time
+    args = A.solve_args(prob, checks, "cpu", 0 if compiling else torch.get_num_threads())  # 0: the op reads it at run time
+    params, ev_a = args[1], args[7]
     chk, msgs = A.stack_checks(checks)
     needs_graph = torch.is_grad_enabled() and (params.requires_grad or prob.y0.requires_grad or ev_a.requires_grad)
     if prob.adjoint == "backsolve" and needs_graph:
@@ -270,54 +253,65 @@ def solve(prob):
     return y, stats
 
 
-def eval_field(spec, z: Tensor, u=None, repeat: int = 1, n_threads: int = 1) -> Tensor:
-    """``dz/dt`` of a FieldSpec by the compiled kernel (no autograd): ``(B, D) -> (B, D)``."""
-    lib = _lib()
-    z = z.contiguous()
+def _field_args(op: str, ints: Tensor, params: Tensor, z: Tensor, u: Optional[Tensor]):
+    """Checked contiguous ``(ints, params, z, u)`` of the field ops (``u``: zeros ``(B, K)`` when
+    None, a 1-element dummy when the field has no inputs)."""
+    if not (z.dim() == 2 and z.dtype in (torch.float32, torch.float64) and z.is_cpu):
+        raise ValueError(f"{op}: z must be a (B, D) float32/float64 CPU tensor")
+    if not (ints.is_cpu and ints.dim() == 1 and ints.dtype == torch.int32 and ints.numel() >= 12):
+        raise ValueError(f"{op}: ints must be a FieldSpec int32 CPU table")
+    hdr = ints[:12].tolist()
     B, D = z.shape
-    params = spec.params.detach().to(z.dtype).contiguous()
-    K = spec.n_inputs
-    u = (u if u is not None else z.new_zeros(B, K)).to(z.dtype).contiguous() if K > 0 else z.new_zeros(1)
+    if not (params.dim() == 1 and params.dtype == z.dtype and params.is_cpu and hdr[H_D] == D and hdr[H_P] == params.numel()):
+        raise ValueError(f"{op}: params must be the FieldSpec's (P,) vector with z's dtype, and z (B, D) its D states")
+    K = hdr[H_K]
+    if K > 0:
+        u = z.new_zeros(B, K) if u is None else u
+        if not (u.shape == (B, K) and u.dtype == z.dtype and u.is_cpu):
+            raise ValueError(f"{op}: u must be (B, K={K}) with z's dtype")
+    else:
+        u = z.new_zeros(1)
+    return ints.contiguous(), params.contiguous(), z.contiguous(), u.contiguous()
+
+
+@ops.eval_field.register_kernel("cpu")
+def _eval_field_impl(ints, params, z, u=None, n_threads=1, repeat=1):
+    ints, params, z, u = _field_args("hnode_fast::eval_field", ints, params, z, u)
+    B, D = z.shape
     out = torch.empty_like(z)
-    lib.cpu_eval_field(
-        z.dtype == torch.float64,
-        spec.ints.data_ptr(),
-        spec.ints.numel(),
-        params.data_ptr(),
-        params.numel(),
-        z.data_ptr(),
-        u.data_ptr(),
-        B,
-        D,
-        out.data_ptr(),
-        n_threads,
-        repeat,
-    )
+    if B > 0:
+        _lib().cpu_eval_field(
+            z.dtype == torch.float64, ints.data_ptr(), ints.numel(), params.data_ptr(), params.numel(),
+            z.data_ptr(), u.data_ptr(), B, D, out.data_ptr(), int(n_threads), int(repeat),
+        )  # fmt: skip
     return out
 
 
-def vjp_field(spec, z: Tensor, a: Tensor, u=None):
-    """``(J_z^T a (B, D), sum_b J_params^T a (P,))`` by the compiled kernel."""
-    lib = _lib()
-    z, a = z.contiguous(), a.to(z.dtype).contiguous()
+@ops.vjp_field.register_kernel("cpu")
+def _vjp_field_impl(ints, params, z, u, a):
+    op = "hnode_fast::vjp_field"
+    ints, params, z, u = _field_args(op, ints, params, z, u)
+    if a.shape != z.shape or a.dtype != z.dtype or not a.is_cpu:
+        raise ValueError(f"{op}: a must have z's shape and dtype")
+    a = a.contiguous()
     B, D = z.shape
-    params = spec.params.detach().to(z.dtype).contiguous()
-    K = spec.n_inputs
-    u = (u if u is not None else z.new_zeros(B, K)).to(z.dtype).contiguous() if K > 0 else z.new_zeros(1)
     gz = torch.zeros_like(z)
     gp = torch.zeros_like(params)
-    lib.cpu_vjp_field(
-        z.dtype == torch.float64,
-        spec.ints.data_ptr(),
-        spec.ints.numel(),
-        params.data_ptr(),
-        params.numel(),
-        z.data_ptr(),
-        u.data_ptr(),
-        a.data_ptr(),
-        B,
-        D,
-        gz.data_ptr(),
-        gp.data_ptr(),
-    )
+    if B > 0:
+        _lib().cpu_vjp_field(
+            z.dtype == torch.float64, ints.data_ptr(), ints.numel(), params.data_ptr(), params.numel(),
+            z.data_ptr(), u.data_ptr(), a.data_ptr(), B, D, gz.data_ptr(), gp.data_ptr(),
+        )  # fmt: skip
     return gz, gp
+
+
+def eval_field(spec, z: Tensor, u=None, repeat: int = 1, n_threads: int = 1) -> Tensor:
+    """``dz/dt`` of a FieldSpec by the compiled kernel: ``(B, D) -> (B, D)`` (the op
+    ``hnode_fast::eval_field``: differentiable w.r.t. ``z`` and ``spec.params``)."""
+    return torch.ops.hnode_fast.eval_field(spec.ints, spec.params.to(z.dtype), z, None if u is None else u.to(z.dtype), n_threads, repeat)
+
+
+def vjp_field(spec, z: Tensor, a: Tensor, u=None):
+    """``(J_z^T a (B, D), sum_b J_params^T a (P,))`` by the compiled kernel (``hnode_fast::vjp_field``)."""
+    params = spec.params.detach().to(z.dtype)
+    return torch.ops.hnode_fast.vjp_field(spec.ints, params, z, None if u is None else u.to(z.dtype), a.to(z.dtype))

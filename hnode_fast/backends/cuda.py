@@ -28,7 +28,6 @@ from ..types import Stats
 from . import args as A
 from . import ops
 from .caps import CAPS
-from .specs import spec_for
 
 # Global scratch (generic-path workspace, the adjoint's per-thread gradient partials): None sizes
 # it from the free device memory (_ws_budget); an int fixes it (tests shrink it to force several
@@ -252,12 +251,8 @@ def solve(prob):
     CAPS["cuda"].require(prob)
     compiling = torch.compiler.is_compiling()
     checks = prob.checks if compiling else None
-    spec = spec_for(prob.func, checks, prob.module_tensors)
-    params = spec.params
-    if params.dtype != prob.y0.dtype:
-        params = params.to(prob.y0.dtype)
-    out_t, stops, ev_t, ev_s, ev_a, in_t, in_v = A.problem_tensors(prob, spec, "cuda")
-    args = (spec.ints, params, prob.y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, prob.rtol, prob.atol, prob.max_steps, 0)
+    args = A.solve_args(prob, checks, "cuda", 0)
+    params, ev_a = args[1], args[7]
     needs_graph = torch.is_grad_enabled() and (params.requires_grad or prob.y0.requires_grad or ev_a.requires_grad)
     if needs_graph or compiling:
         B, D = prob.y0.shape

@@ -18,6 +18,10 @@ A device with no implementation gets ``NotImplementedError`` from the default bo
   discrete adjoint: the reverse pass over the stored (or re-solved) accepted steps, recomputing
   stages, with step sizes and accept decisions constants as in the reference, so the gradient
   equals autograd through the reference solver.
+* ``hnode_fast::eval_field(ints, params, z (B, D), u (B, K) or None, n_threads=1, repeat=1) -> dz/dt
+  (B, D)``: one field evaluation (``repeat`` times, for benchmarks); differentiable w.r.t. ``z``
+  and ``params`` through
+* ``hnode_fast::vjp_field(ints, params, z, u, a (B, D)) -> (J_z^T a (B, D), sum_b J_params^T a (P,))``.
 * ``hnode_fast::backsolve(grad_y, <ten tensors>, y_out, rtol, atol, max_steps, n_threads) ->
   (grad_params (P,), grad_y0 (B, D), backward stats (B, 4))``: the continuous adjoint
   (``csrc/include/hnode/backsolve.h``, the algorithm of ``reference/backsolve.py``), integrated
@@ -29,43 +33,44 @@ The autograd of ``solve`` is ``solve_backward`` (gradients to ``params``, ``y0``
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
-from torch import Tensor
 
-from .args import ck_empty
+from .args import NAMES, ck_empty
 
-# index of the first scalar argument of ``solve`` (after the ten tensors) and of its inputs
+# index of the first scalar argument of ``solve`` (after the ten tensors) and its argument count
 N_TENSORS = 10
 N_SOLVE_INPUTS = 17
 
+# The schemas, written once (the ten tensors are described in backends/args.py)
+_TENSORS = ", ".join(f"Tensor {name}" for name in NAMES)
+_SCALARS = "float rtol, float atol, int max_steps, int n_threads"
+_CKPTS = "Tensor stats, Tensor ck_t, Tensor ck_tn, Tensor ck_y, Tensor ck_jump, Tensor ck_n"
+SCHEMAS = {
+    "solve": f'({_TENSORS}, {_SCALARS}, int ckpt_cap=0, Tensor? checks=None, str check_msgs="") -> '
+    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "solve_backward": f"(Tensor grad_y, {_TENSORS}, {_SCALARS}, {_CKPTS}) -> (Tensor, Tensor, Tensor)",
+    "backsolve": f"(Tensor grad_y, {_TENSORS}, Tensor y_out, {_SCALARS}) -> (Tensor, Tensor, Tensor)",
+    "eval_field": "(Tensor ints, Tensor params, Tensor z, Tensor? u, int n_threads=1, int repeat=1) -> Tensor",
+    "vjp_field": "(Tensor ints, Tensor params, Tensor z, Tensor? u, Tensor a) -> (Tensor, Tensor)",
+}
 
-def _no_kernel(op: str, t: Tensor) -> NotImplementedError:
-    return NotImplementedError(f"hnode_fast::{op} has no kernel for {t.device.type} tensors (see hf.build_info())")
+
+def _define(name: str, device_arg: int):
+    """The op ``hnode_fast::<name>`` with its schema; its default body (a device with no
+    implementation) raises ``NotImplementedError`` naming the device of argument ``device_arg``."""
+
+    def no_kernel(*args, **kwargs):
+        dev = args[device_arg].device.type if len(args) > device_arg else "?"
+        raise NotImplementedError(f"hnode_fast::{name} has no kernel for {dev} tensors (see hf.build_info())")
+
+    return torch.library.custom_op(f"hnode_fast::{name}", no_kernel, mutates_args=(), schema=SCHEMAS[name])
 
 
-@torch.library.custom_op("hnode_fast::solve", mutates_args=())
-def solve(
-    ints: Tensor,
-    params: Tensor,
-    y0: Tensor,
-    out_t: Tensor,
-    stops: Tensor,
-    ev_t: Tensor,
-    ev_s: Tensor,
-    ev_a: Tensor,
-    in_t: Tensor,
-    in_v: Tensor,
-    rtol: float,
-    atol: float,
-    max_steps: int,
-    n_threads: int,
-    ckpt_cap: int = 0,
-    checks: Optional[Tensor] = None,
-    check_msgs: str = "",
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    raise _no_kernel("solve", y0)
+solve = _define("solve", 2)
+solve_backward = _define("solve_backward", 3)
+backsolve = _define("backsolve", 3)
+eval_field = _define("eval_field", 2)
+vjp_field = _define("vjp_field", 2)
 
 
 @solve.register_fake
@@ -76,63 +81,24 @@ def _(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, 
     )
 
 
-@torch.library.custom_op("hnode_fast::solve_backward", mutates_args=())
-def solve_backward(
-    grad_y: Tensor,
-    ints: Tensor,
-    params: Tensor,
-    y0: Tensor,
-    out_t: Tensor,
-    stops: Tensor,
-    ev_t: Tensor,
-    ev_s: Tensor,
-    ev_a: Tensor,
-    in_t: Tensor,
-    in_v: Tensor,
-    rtol: float,
-    atol: float,
-    max_steps: int,
-    n_threads: int,
-    stats: Tensor,
-    ck_t: Tensor,
-    ck_tn: Tensor,
-    ck_y: Tensor,
-    ck_jump: Tensor,
-    ck_n: Tensor,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    raise _no_kernel("solve_backward", y0)
-
-
 @solve_backward.register_fake
-def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads, stats, *ck):
+def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, *scalars_and_ckpts):
     return params.new_empty(params.shape), y0.new_empty(y0.shape), ev_a.new_empty(ev_a.shape)
 
 
-@torch.library.custom_op("hnode_fast::backsolve", mutates_args=())
-def backsolve(
-    grad_y: Tensor,
-    ints: Tensor,
-    params: Tensor,
-    y0: Tensor,
-    out_t: Tensor,
-    stops: Tensor,
-    ev_t: Tensor,
-    ev_s: Tensor,
-    ev_a: Tensor,
-    in_t: Tensor,
-    in_v: Tensor,
-    y_out: Tensor,
-    rtol: float,
-    atol: float,
-    max_steps: int,
-    n_threads: int,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    raise _no_kernel("backsolve", y0)
-
-
 @backsolve.register_fake
-def _(grad_y, ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, y_out, rtol, atol, max_steps, n_threads):
+def _(grad_y, ints, params, y0, *rest):
     return params.new_empty(params.shape), y0.new_empty(y0.shape), y0.new_empty(y0.shape[0], 4, dtype=torch.int64)
+
+
+@eval_field.register_fake
+def _(ints, params, z, u, n_threads=1, repeat=1):
+    return torch.empty_like(z)
+
+
+@vjp_field.register_fake
+def _(ints, params, z, u, a):
+    return torch.empty_like(z), params.new_empty(params.shape)
 
 
 def setup_context(ctx, inputs, output) -> None:
@@ -158,3 +124,20 @@ def _backward(ctx, grad_y, *unused):
 
 
 solve.register_autograd(_backward, setup_context=setup_context)
+
+
+def _eval_field_setup(ctx, inputs, output):
+    ints, params, z, u = inputs[:4]
+    ctx.save_for_backward(ints, params, z, u)
+    ctx.u_grad = u is not None and ctx.needs_input_grad[3]
+
+
+def _eval_field_backward(ctx, grad):
+    ints, params, z, u = ctx.saved_tensors
+    if ctx.u_grad:
+        raise NotImplementedError("hnode_fast::eval_field gives no gradient to the inputs u; use the reference field")
+    gz, gp = torch.ops.hnode_fast.vjp_field(ints, params, z, u, grad)
+    return None, gp, gz, None, None, None
+
+
+eval_field.register_autograd(_eval_field_backward, setup_context=_eval_field_setup)
