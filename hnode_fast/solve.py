@@ -1,7 +1,7 @@
 """``hf.odeint``: adaptive Dormand–Prince solves with per-trajectory steps, events and inputs.
 
-See DESIGN.md's numerical contract. ``odeint`` validates everything, then hands the problem
-to a backend (``hnode_fast.backends``).
+See docs/design.md (the numerical contract, how a call travels to the kernels). ``odeint``
+validates everything, then hands the problem to a backend (``hnode_fast.backends``).
 """
 
 from __future__ import annotations

@@ -68,3 +68,19 @@ def test_doc_runner_catches_a_wrong_output():
         run_blocks("bad.md", good.replace("\n2\n", "\n3\n"))
     with pytest.raises(ZeroDivisionError):
         run_blocks("script.md", "```python\nx = 1 / 0\n```\n")
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+CODE = re.compile(r"^```.*?^```|`[^`\n]*`", re.M | re.S)
+
+
+def test_relative_links_resolve():
+    """Every relative Markdown link in the README and docs/ names a file of the repository."""
+    missing = []
+    for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in LINK.findall(CODE.sub("", md.read_text())):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (md.parent / target).exists():
+                missing.append(f"{md.relative_to(ROOT)} -> {target}")
+    assert not missing, missing

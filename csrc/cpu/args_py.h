@@ -1,5 +1,5 @@
-// The Python-side argument dict (hnode_fast/backends/cpu.py ``_args``, also used by the CUDA
-// backend) -> cpu::Args: one reader for both pybind launchers (solve_cpu.cpp, bind_cuda.cu).
+// The Python-side argument dict (hnode_fast/backends/args.py ``pack``, used by the CPU and CUDA
+// backends) -> cpu::Args: one reader for both pybind launchers (solve_cpu.cpp, bind_cuda.cu).
 #pragma once
 
 #include <pybind11/pybind11.h>

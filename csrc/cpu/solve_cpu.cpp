@@ -80,7 +80,7 @@ void register_cpu(py::module_& m) {
         py::gil_scoped_release nogil;
         HNODE_ISA_CALL(solve, a, dbl, out, stats);
       },
-      "Adaptive DP5 solves of B trajectories (see hnode_fast/backends/cpu.py for the arguments).");
+      "Adaptive DP5 solves of B trajectories (see hnode_fast/backends/args.py for the arguments).");
   m.def(
       "cpu_solve_backward",
       [](py::dict d, bool dbl, std::uintptr_t g_out, std::uintptr_t gp, std::uintptr_t gy0, std::uintptr_t gev) {
