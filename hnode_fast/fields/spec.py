@@ -23,7 +23,7 @@ into the first one). Absent values: ``a``, ``b``, ``dst`` are ``-1``.
 Evaluation::
 
     h_0 = x[in_idx];  h_{l+1} = act_l(W_l h_l + b_l)   (act of the last layer = identity)
-    dz = const;  dz[out_idx] += h_L;  dz += sum over terms (see fields.mechanistic)
+    dz = const;  dz[out_idx] += h_L;  dz += sum over terms (see fields.terms)
 
 Compaction: hidden units whose every unmasked input is a constant unit are constants
 (folded into the next layer's bias); units with no unmasked path to an output are dropped;

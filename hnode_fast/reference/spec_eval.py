@@ -6,9 +6,9 @@ from typing import Optional
 
 import torch
 
-from ..fields.mechanistic import FLAG_CONSUME, term_flux
 from ..fields.mlp import apply_activation
 from ..fields.spec import FMT_CSR, FieldSpec
+from ..fields.terms import FLAG_CONSUME, term_flux
 
 
 def eval_spec(spec: FieldSpec, z: torch.Tensor, u: Optional[torch.Tensor] = None, params: Optional[torch.Tensor] = None) -> torch.Tensor:
