@@ -130,3 +130,43 @@ def test_gradients_bitwise(adjoint, monkeypatch, seed):
 
     a, b = per_path(monkeypatch, run)
     assert_bitwise(a, b)
+
+
+def _usable_builds():
+    from hnode_fast import _native
+
+    names = []
+    for name in ("base", "avx2", "avx512"):
+        try:
+            old = _native._C.cpu_set_isa(name)
+        except RuntimeError:  # not compiled in, or not usable on this CPU
+            continue
+        _native._C.cpu_set_isa(old)
+        names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("dtype", [f64, torch.float32], ids=["f64", "f32"])
+def test_dense_lanes_every_build_bitwise(dtype, monkeypatch, seed):
+    """The register-blocked dense lanes kernel (8/4/1 units x LANES lanes; 4 lanes in the base and
+    AVX2 builds, 8 in the AVX-512 build) against one-at-a-time evaluation, in every build this CPU
+    can run, and every build against the baseline's bits."""
+    from hnode_fast import _native
+
+    f = random_field(D=6, hidden=(21, 12, 9), n_inputs=1, nn_inputs=True, dtype=dtype)
+    spec = f.compile()
+    assert all(r[2] == 0 for r in spec.layer_rows().tolist())  # all dense
+    z = torch.randn(19, 6, dtype=dtype)
+    u = torch.randn(19, 1, dtype=dtype)
+    results = {}
+    for name in _usable_builds():
+        old = _native._C.cpu_set_isa(name)
+        try:
+            one, lanes = per_path(monkeypatch, lambda: cpu.eval_field(spec, z, u, n_threads=1))
+        finally:
+            _native._C.cpu_set_isa(old)
+        assert_bitwise(one, lanes)
+        results[name] = lanes
+    assert "base" in results
+    for name, r in results.items():
+        assert_bitwise(results["base"], r)

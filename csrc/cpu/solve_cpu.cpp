@@ -1,5 +1,5 @@
 // pybind11 registration of the CPU solver (hnode::register_cpu, called from bindings.cpp) and
-// the run-time choice between the baseline, AVX2 and gpuloops builds of the launchers (kernels.inc).
+// the run-time choice between the baseline, AVX2, AVX-512 and gpuloops builds of the launchers (kernels.inc).
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -15,6 +15,7 @@ namespace py = pybind11;
 namespace hnode {
 namespace cpu {
 bool avx2_compiled();
+bool avx512_compiled();
 #define HNODE_DECLARE_ISA(NS)                                                                                    \
   namespace NS {                                                                                               \
   void solve(const Args&, bool, std::uintptr_t, std::uintptr_t);                                              \
@@ -28,12 +29,13 @@ bool avx2_compiled();
   }
 HNODE_DECLARE_ISA(base)
 HNODE_DECLARE_ISA(avx2)
+HNODE_DECLARE_ISA(avx512)
 HNODE_DECLARE_ISA(gpuloops)
 #undef HNODE_DECLARE_ISA
 
 namespace {
 
-enum Isa { ISA_BASE = 0, ISA_AVX2 = 1, ISA_GPULOOPS = 2 };
+enum Isa { ISA_BASE = 0, ISA_AVX2 = 1, ISA_GPULOOPS = 2, ISA_AVX512 = 3 };
 
 bool avx2_usable() {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
@@ -44,25 +46,41 @@ bool avx2_usable() {
 #endif
 }
 
-// The build of the launchers used: AVX2 when the CPU has it, else baseline; HNODE_CPU_ISA=base
-// or =gpuloops (the CUDA kernels' loop forms, for tests) at import, or cpu_set_isa() later.
+bool avx512_usable() {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  static const bool ok = avx512_compiled() && avx2_usable() && __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// The build of the launchers used: AVX-512 when the CPU has it, else AVX2, else baseline (all
+// give the same bits); HNODE_CPU_ISA=base, =avx2, =avx512 or =gpuloops (the CUDA kernels' loop
+// forms, for tests) at import, or cpu_set_isa() later.
 int& isa_choice() {
   static int isa = [] {
     const char* e = std::getenv("HNODE_CPU_ISA");
     const std::string s = e ? e : "";
     if (s == "base") return (int)ISA_BASE;
     if (s == "gpuloops") return (int)ISA_GPULOOPS;
+    if (s == "avx2" && avx2_usable()) return (int)ISA_AVX2;
+    if (avx512_usable() && s != "avx2") return (int)ISA_AVX512;
     return avx2_usable() ? (int)ISA_AVX2 : (int)ISA_BASE;
   }();
   return isa;
 }
 
-const char* isa_name(int i) { return i == ISA_AVX2 ? "avx2" : i == ISA_GPULOOPS ? "gpuloops" : "base"; }
+const char* isa_name(int i) {
+  return i == ISA_AVX2 ? "avx2" : i == ISA_AVX512 ? "avx512" : i == ISA_GPULOOPS ? "gpuloops" : "base";
+}
 
 #define HNODE_ISA_CALL(FN, ...)                                \
   do {                                                        \
     switch (isa_choice()) {                                   \
       case ISA_AVX2: avx2::FN(__VA_ARGS__); break;            \
+      case ISA_AVX512: avx512::FN(__VA_ARGS__); break;        \
       case ISA_GPULOOPS: gpuloops::FN(__VA_ARGS__); break;    \
       default: base::FN(__VA_ARGS__); break;                  \
     }                                                         \
@@ -117,7 +135,7 @@ void register_cpu(py::module_& m) {
       },
       "gz += J_z^T a, gp += J_p^T a for B points (gp summed over the batch).");
   m.def("cpu_isa", []() { return std::string(isa_name(isa_choice())); },
-        "Build of the CPU kernels in use: 'avx2', 'base' or 'gpuloops' (the CUDA loop forms).");
+        "Build of the CPU kernels in use: 'avx512', 'avx2', 'base' or 'gpuloops' (the CUDA loop forms).");
   m.def(
       "cpu_set_isa",
       [](const std::string& name) {
@@ -129,8 +147,11 @@ void register_cpu(py::module_& m) {
         else if (name == "avx2") {
           if (!avx2_usable()) throw std::runtime_error("cpu_set_isa: AVX2 + FMA build not usable on this CPU");
           isa_choice() = ISA_AVX2;
+        } else if (name == "avx512") {
+          if (!avx512_usable()) throw std::runtime_error("cpu_set_isa: AVX-512 build not usable on this CPU");
+          isa_choice() = ISA_AVX512;
         } else
-          throw std::runtime_error("cpu_set_isa: name must be 'base', 'avx2' or 'gpuloops', got '" + name + "'");
+          throw std::runtime_error("cpu_set_isa: name must be 'base', 'avx2', 'avx512' or 'gpuloops', got '" + name + "'");
         return old;
       },
       py::arg("name"), "Switch the build of the CPU kernels (for tests); returns the previous name.");

@@ -26,6 +26,34 @@ HNODE_HD inline int lanes_scratch_size(const int* ints, int W) {
   return (n > 0 ? n : 1) * W + (ints[HDR_NTERMS] > 0 ? ints[HDR_NTERMS] : 1);
 }
 
+// Units i .. i+NB of a dense layer for W lanes: pre[(i+r)*W + w] = sum_j WT[j][i+r] h[j][w] +
+// bias[i+r], the NB x W accumulators held in registers across the whole input loop and each
+// weight broadcast once per block (a GEMM micro-kernel). Per unit the sum runs over j in order
+// from 0, then the bias: the order of eval_field's dense loop, so the results are bitwise equal.
+template <class T, int W, int NB>
+HNODE_HD_INLINE void dense_lanes_block(const T* HNODE_RESTRICT WT, const T* HNODE_RESTRICT hin, const T* HNODE_RESTRICT bias,
+                                       int nin, int nout, int i, T* HNODE_RESTRICT pre) {
+  T acc[NB][W];
+#pragma GCC unroll 8
+  for (int r = 0; r < NB; ++r)
+#pragma GCC unroll 8
+    for (int w = 0; w < W; ++w) acc[r][w] = T(0);
+  for (int j = 0; j < nin; ++j) {
+    const T* HNODE_RESTRICT hj = hin + j * W;
+    const T* HNODE_RESTRICT wj = WT + (long)j * nout + i;
+#pragma GCC unroll 8
+    for (int r = 0; r < NB; ++r) {
+      const T c = wj[r];
+#pragma GCC unroll 8
+      for (int w = 0; w < W; ++w) acc[r][w] += c * hj[w];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < NB; ++r)
+#pragma GCC unroll 8
+    for (int w = 0; w < W; ++w) pre[(i + r) * W + w] = acc[r][w] + bias[i + r];
+}
+
 // dz[w] = f(z[w], u[w]) for w < W (u[w] may be null when K == 0). s: lanes_scratch_size values.
 // The same arithmetic, per unit in the same order, as eval_field (bitwise equal results).
 template <class T, int W>
@@ -51,44 +79,11 @@ HNODE_HD void eval_field_lanes(const FieldView<T>& v, const T* const* z, const T
       T* HNODE_RESTRICT pre = p;
       const T* HNODE_RESTRICT bias = v.params + b_off;
       if (fmt == 0) {
-        const T* HNODE_RESTRICT Wm = v.params + w_off;  // (nout, nin) row-major
+        const T* HNODE_RESTRICT WT = v.paramsT + w_off;  // (nin, nout): the transposed weights
         int i = 0;
-        // four units per pass: four independent accumulator chains (each still sums over j in order)
-        for (; i + 4 <= nout; i += 4) {
-          const T* HNODE_RESTRICT w0 = Wm + (long)i * nin;
-          const T* HNODE_RESTRICT w1 = w0 + nin;
-          const T* HNODE_RESTRICT w2 = w1 + nin;
-          const T* HNODE_RESTRICT w3 = w2 + nin;
-          T a0[W], a1[W], a2[W], a3[W];
-          for (int w = 0; w < W; ++w) a0[w] = a1[w] = a2[w] = a3[w] = T(0);
-          for (int j = 0; j < nin; ++j) {
-            const T* HNODE_RESTRICT hj = hin + j * W;
-            const T c0 = w0[j], c1 = w1[j], c2 = w2[j], c3 = w3[j];
-            for (int w = 0; w < W; ++w) {
-              a0[w] += c0 * hj[w];
-              a1[w] += c1 * hj[w];
-              a2[w] += c2 * hj[w];
-              a3[w] += c3 * hj[w];
-            }
-          }
-          for (int w = 0; w < W; ++w) {
-            pre[i * W + w] = a0[w] + bias[i];
-            pre[(i + 1) * W + w] = a1[w] + bias[i + 1];
-            pre[(i + 2) * W + w] = a2[w] + bias[i + 2];
-            pre[(i + 3) * W + w] = a3[w] + bias[i + 3];
-          }
-        }
-        for (; i < nout; ++i) {
-          const T* HNODE_RESTRICT wi = Wm + (long)i * nin;
-          T acc[W];
-          for (int w = 0; w < W; ++w) acc[w] = T(0);
-          for (int j = 0; j < nin; ++j) {
-            const T wij = wi[j];
-            const T* HNODE_RESTRICT hj = hin + j * W;
-            for (int w = 0; w < W; ++w) acc[w] += wij * hj[w];
-          }
-          for (int w = 0; w < W; ++w) pre[i * W + w] = acc[w] + bias[i];
-        }
+        for (; i + 8 <= nout; i += 8) dense_lanes_block<T, W, 8>(WT, hin, bias, nin, nout, i, pre);
+        for (; i + 4 <= nout; i += 4) dense_lanes_block<T, W, 4>(WT, hin, bias, nin, nout, i, pre);
+        for (; i < nout; ++i) dense_lanes_block<T, W, 1>(WT, hin, bias, nin, nout, i, pre);
       } else {
         const int* rp = v.ints + row[LCOL_RP];
         const int* col = v.ints + row[LCOL_COL];
