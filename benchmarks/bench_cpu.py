@@ -8,7 +8,8 @@ runs under torch.no_grad() for all three solvers; "fwd+bwd" backpropagates sum(y
 parameters (hnode: discrete adjoint; torchdiffeq / torchode: autograd through the solver). NFE:
 mean function evaluations per trajectory (torchdiffeq: calls of the batched function). Error:
 max |y - y_ref| against scipy DOP853 at rtol 1e-12, atol 1e-14. Also: field evaluation and forward
-solves, dense vs 90% weight sparsity (bench_sparsity).
+solves, dense vs 90% weight sparsity (bench_sparsity), and GFLOP/s of dense evaluation and solves
+as a fraction of the FP64 FMA peak measured in the same run (bench_flops).
 
 Run:  python benchmarks/bench_cpu.py [--quick] [--csv out.csv]
       pytest benchmarks/bench_cpu.py --benchmark-only   (pytest-benchmark functions)
@@ -249,6 +250,65 @@ def bench_sparsity(B=1024, repeat=200, solve_batches=(64, 1024), quick=False):
     return out
 
 
+def _dense_flops(hidden):
+    """Multiply-add FLOPs of one evaluation of the dense D -> hidden -> D network (2 per weight)."""
+    widths = (D, *hidden, D)
+    return 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def bench_flops(B=1024, quick=False, hiddens=((32, 32), (64, 64), (128, 128))):
+    """GFLOP/s of the dense kernels and their fraction of the machine's FP64 FMA peak, both
+    measured in this run (peak: ``_C.cpu_fma_peak``, a tight loop of independent vector FMAs on
+    one thread, best of 5).
+
+    Field evaluation: 1 thread, thread CPU time, one state at a time ("one"), in lanes ("lanes")
+    and what the launcher picks ("auto"). Whole forward solves (the bench problem, B trajectories,
+    2 threads, wall clock): field FLOPs = total NFE x FLOPs per evaluation, against 2 x the
+    one-thread peak; the rest of a step (stage sums, error norm, dense output) is not counted.
+    The CPU kernels do not contract multiply-adds into FMAs (bitwise equality with the baseline
+    build), so half the FMA peak is their ceiling."""
+    from hnode_fast import _native
+    from hnode_fast.backends import cpu
+
+    peak, width, isa = _native._C.cpu_fma_peak(0.05, 5)
+    print(f"FP64 FMA peak, one thread ({isa}, {width} doubles): {peak:.1f} GFLOP/s; kernels ISA {_isa()}", flush=True)
+    rounds = 3 if quick else 7
+    repeat = 20 if quick else 50
+    out = []
+    for hidden in hiddens:
+        f = make_field(seed=2, hidden=hidden)
+        spec = f.compile()
+        flops = _dense_flops(hidden)
+        z = torch.randn(B, D, dtype=DTYPE)
+        ts = {}
+        for _ in range(rounds + 1):
+            for path, flag in (("one", "0"), ("lanes", "1"), ("auto", None)):
+                call = lambda: cpu.eval_field(spec, z, repeat=repeat, n_threads=1)  # noqa: E731
+                ms = _with_lanes(flag, lambda: timeit(call, 1, warmup=0, clock=time.thread_time))
+                ts.setdefault(path, []).append(ms * 1e-3 / (repeat * B))
+        sec = {k: statistics.median(v[1:]) for k, v in ts.items()}
+        y0, t = make_problem(B)
+        with torch.no_grad():
+            _, st = hf.odeint(f, y0, t, rtol=RTOL, atol=ATOL, backend="cpu", return_stats=True)
+        nfe = float(st.nfe.double().sum())
+        solve_s = timeit(lambda: run_hnode(f, y0, t, False), rounds) * 1e-3
+        solve_gf = nfe * flops / solve_s / 1e9
+        row = {"hidden": hidden, "flops": flops, "peak": peak, "solve_gflops": solve_gf, "nfe": nfe, "solve_ms": solve_s * 1e3}
+        evals = []
+        for path in ("one", "lanes", "auto"):
+            gf = flops / sec[path] / 1e9
+            row[f"{path}_ns"], row[f"{path}_gflops"] = sec[path] * 1e9, gf
+            evals.append(f"{path} {sec[path] * 1e9:6.0f} ns {gf:5.1f} GFLOP/s ({100 * gf / peak:4.1f}%)")
+        print(f"hidden {hidden} ({flops} FLOP/eval): " + ", ".join(evals), flush=True)
+        print(
+            f"hidden {hidden}: forward solve B={B}, 2 threads: {solve_s * 1e3:.1f} ms, NFE {nfe:.0f}, "
+            f"field {solve_gf:.1f} GFLOP/s ({100 * solve_gf / (2 * peak):.1f}% of 2 threads' peak)",
+            flush=True,
+        )
+        out.append(row)
+    return out
+
+
 def _isa():
     from hnode_fast import _native
 
@@ -270,6 +330,8 @@ def main():
     rows = bench_solvers(tuple(int(b) for b in args.batches.split(",")), quick=args.quick)
     print()
     bench_sparsity(quick=args.quick)
+    print()
+    bench_flops(quick=args.quick)
     if args.csv:
         import csv
 

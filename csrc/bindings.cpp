@@ -17,6 +17,9 @@ namespace py = pybind11;
 
 namespace hnode {
 void register_cpu(py::module_& m);  // csrc/cpu/solve_cpu.cpp
+namespace cpu {
+void register_peak(py::module_& m);  // csrc/cpu/peak.cpp
+}
 }  // namespace hnode
 
 #ifndef HNODE_WITH_CUDA
@@ -183,6 +186,7 @@ PYBIND11_MODULE(_C, m) {
         "For each (a, b, n, kind): n host values at a equal those at b; kind 0 = float32, "
         "1 = float64 (by value: NaN never equal), 2 = other (n bytes compared).");
   hnode::register_cpu(m);
+  hnode::cpu::register_peak(m);
 #if HNODE_WITH_CUDA
   hnode::register_cuda(m);
 #endif

@@ -170,3 +170,15 @@ def test_dense_lanes_every_build_bitwise(dtype, monkeypatch, seed):
     assert "base" in results
     for name, r in results.items():
         assert_bitwise(results["base"], r)
+
+
+def test_fma_peak_probe():
+    """``_C.cpu_fma_peak`` (bench_cpu.py's yardstick) names the widest ISA this CPU runs and gives
+    a finite positive rate."""
+    from hnode_fast import _native
+
+    gflops, width, name = _native._C.cpu_fma_peak(0.002, 2)
+    assert {"scalar": 1, "avx2": 4, "avx512": 8}[name] == width
+    assert 0 < gflops < 1e4
+    if "avx512" in _usable_builds():
+        assert name == "avx512"
