@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build hnode_fast/_C<EXT_SUFFIX> in place with nvcc + g++ directly (no CMake / scikit-build-core).
 # Mirrors CMakeLists.txt: CPU sources -O3 -ffp-contract=off -fno-trapping-math (+ -mavx2 -mfma for
-# kernels_avx2.cpp), OpenMP, CUDA sources --expt-relaxed-constexpr -lineinfo, static cudart.
+# kernels_avx2.cpp, kernels_avx512.cpp), OpenMP, CUDA sources --expt-relaxed-constexpr -lineinfo, static cudart.
 # Usage: bash benchmarks/gpu/manual_build.sh [PYTHON] [ARCHS (default 90)]  -- run from the project root.
 set -euo pipefail
 PY=${1:-python3}
@@ -38,6 +38,8 @@ set -x
 "${CXX[@]}" -ffp-contract=off -fno-trapping-math -c csrc/cpu/solve_cpu.cpp -o "$B/solve_cpu.o" &
 "${CXX[@]}" -ffp-contract=off -fno-trapping-math -c csrc/cpu/kernels_base.cpp -o "$B/kernels_base.o" &
 "${CXX[@]}" -ffp-contract=off -fno-trapping-math -mavx2 -mfma -c csrc/cpu/kernels_avx2.cpp -o "$B/kernels_avx2.o" &
+"${CXX[@]}" -ffp-contract=off -fno-trapping-math -mavx2 -mfma -mavx512f -mavx512dq -mavx512vl -c csrc/cpu/kernels_avx512.cpp -o "$B/kernels_avx512.o" &
+"${CXX[@]}" -c csrc/cpu/peak.cpp -o "$B/peak.o" &
 "${CXX[@]}" -ffp-contract=off -fno-trapping-math -c csrc/cpu/kernels_gpuloops.cpp -o "$B/kernels_gpuloops.o" &
 for s in solve_cuda bind_cuda device_info; do
   "$NVCC" -std=c++17 -O3 --expt-relaxed-constexpr -lineinfo $GENCODE -Xcompiler -fPIC,-fvisibility=hidden \
