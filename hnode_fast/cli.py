@@ -24,8 +24,8 @@ def main(argv=None) -> int:
     usage = (
         "usage: hnode-fast {demo,bench,info} [options]\n"
         "  demo   fit mechanistic / black-box / sparse hybrid models to Theoph (--quick, --json)\n"
-        "  bench  speed vs torchdiffeq/torchode: Markdown/CSV/JSON table + PNG plot, machine record\n"
-        "         (--problems, --batches, --modes, --full, --threads, --device, --out DIR; see bench -h)\n"
+        "  bench  speed vs torchdiffeq/torchode: Markdown table, missing peers named (full harness: benchmarks/)\n"
+        "         (--problems, --batches, --modes, --full, --threads, --device; see bench -h)\n"
         "  info   what was compiled (hf.build_info()) and which backends are usable"
     )
     if not argv or argv[0] in ("-h", "--help"):
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
         return demo_main(rest)
     if cmd == "bench":
-        from .bench import main as bench_main
+        from .bench_runner import main as bench_main
 
         return bench_main(rest)
     if cmd == "info":

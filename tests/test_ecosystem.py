@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 import hnode_fast as hf
 from hnode_fast import backends
-from hnode_fast.bench import mlp_field
+from hnode_fast.problems import mlp_field
 
 
 def _conftest():

@@ -118,10 +118,10 @@ def test_non_cancelling_forms_build(make):
 
 def test_library_problems_build():
     """The library's own models (demo, benchmarks) use no refused form."""
-    from hnode_fast import bench, demo
+    from hnode_fast import demo, problems
 
     demo.one_compartment()
-    for make in (bench.lotka_volterra, bench.pk_hybrid, bench.vdp):
+    for make in (problems.lotka_volterra, problems.pk_hybrid, problems.vdp):
         make()
 
 

@@ -18,8 +18,9 @@ _I8 = {"rej_ptr", "acc_ptr"}
 
 
 def compile_kernel(fn, dtype: str, consts: dict, arch: int = 90, num_warps: int = 4):
-    """Compile ``fn`` (a ``@triton.jit`` kernel of :mod:`.kernels`) for ``sm_<arch>``; ``dtype``
-    is ``"fp32"`` or ``"fp64"``. Returns the compiled kernel (``.metadata.shared`` etc.)."""
+    """Compile ``fn`` (a ``@triton.jit`` kernel of :mod:`.field_kernels` or :mod:`.step_kernels`)
+    for ``sm_<arch>``; ``dtype`` is ``"fp32"`` or ``"fp64"``. Returns the compiled kernel
+    (``.metadata.shared`` etc.)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -43,14 +44,15 @@ def compile_kernel(fn, dtype: str, consts: dict, arch: int = 90, num_warps: int 
 
 
 def kernel_jobs(meta: dict, dtype: str, prec: str = "ieee"):
-    from . import kernels as K
+    from . import field_kernels as FK
+    from . import step_kernels as SK
 
     base = dict(meta, PREC=prec)
     return [
-        (K._field_fwd_kernel, base),
-        (K._field_bwd_kernel, base),
-        (K._dp_step_fwd_kernel, dict(base, STIFF=True)),
-        (K._dp_step_bwd_kernel, dict(base, HAS_GQ=True, HAS_GERR=True)),
+        (FK._field_fwd_kernel, base),
+        (FK._field_bwd_kernel, base),
+        (SK._dp_step_fwd_kernel, dict(base, STIFF=True)),
+        (SK._dp_step_bwd_kernel, dict(base, HAS_GQ=True, HAS_GERR=True)),
     ]
 
 

@@ -17,8 +17,9 @@ from typing import Dict
 import torch
 
 from ...reference import dopri5 as dp
-from . import kernels as K
+from .field_kernels import _field_bwd_kernel, _field_fwd_kernel
 from .plan import Plan
+from .step_kernels import _dp_step_bwd_kernel, _dp_step_fwd_kernel
 
 BLOCK_M = int(os.environ.get("HNODE_TRITON_BLOCK_M", "16"))  # trajectories per program (>= 16)
 # K-chunk of the dots: layers wider than this read their input back from a per-program scratch
@@ -110,7 +111,7 @@ def field_forward(plan: Plan, z, u=None, tensors=None, allow_tf32=False):
     tens = plan.tensors if tensors is None else tensors
     out = torch.empty_like(z)
     grid = (triton_cdiv(B, BLOCK_M),)
-    K._field_fwd_kernel[grid](
+    _field_fwd_kernel[grid](
         z, uu, out, B, D, Kn, *tens, plan.tab, plan.n_terms, BM=BLOCK_M, **_meta(plan, z.dtype, allow_tf32, B, z.device)
     )
     return out
@@ -126,7 +127,7 @@ def field_backward(plan: Plan, z, u, g, tensors=None, allow_tf32=False):
     grads = [torch.zeros_like(t) for t in tens]
     dz = torch.empty_like(z)
     grid = (triton_cdiv(B, BLOCK_M),)
-    K._field_bwd_kernel[grid](
+    _field_bwd_kernel[grid](
         z, uu, g, dz, B, D, Kn, *tens, plan.tab, plan.n_terms, *grads, BM=BLOCK_M, **_meta(plan, z.dtype, allow_tf32, B, z.device)
     )
     return dz, grads
@@ -169,7 +170,7 @@ def dp_step_forward(plan: Plan, y, f0, u, h, rtol, atol, rejected=None, stiffnes
     acc = torch.empty(B, dtype=torch.int8, device=dev)
     st = torch.empty(B if stiffness else 1, dtype=torch.float64, device=dev)
     grid = (triton_cdiv(B, BLOCK_M),)
-    K._dp_step_fwd_kernel[grid](
+    _dp_step_fwd_kernel[grid](
         y,
         f0,
         uu,
@@ -217,7 +218,7 @@ def dp_step_backward(plan: Plan, y, f0, u, h, rtol, atol, gy1, gk7, gq, gerr, te
     gy = torch.empty_like(y)
     gf0 = torch.empty_like(y)
     grid = (triton_cdiv(B, BLOCK_M),)
-    K._dp_step_bwd_kernel[grid](
+    _dp_step_bwd_kernel[grid](
         y,
         f0.contiguous().to(y.dtype),
         uu,
