@@ -164,3 +164,34 @@ def test_sparsify_argument_errors():
         hf.hgs.sparsify(HGSGraph(["a", "b"], ["u", "v"], ["b"], EDGES), w)
     with pytest.raises(ValueError, match="folds"):
         hf.hgs.sparsify(g, w, lambdas=[0.1, 0.2], folds=5, epochs=1)
+
+
+def test_transfer_to_the_reduced_model_keeps_predictions():
+    """Pruning edges until states are unreachable, then moving the weights into the smaller MNODE,
+    changes nothing the observables see."""
+    from hgs_truth import prior, windows
+
+    from hnode_fast.hgs.model import transfer
+    from hnode_fast.hgs.pipeline import _mask_edges
+
+    w = windows(2, seed=0, horizon=6)
+    rg = prior().relax()
+    sc = hf.hgs.Scaler.fit(w)
+    torch.manual_seed(0)
+    full = hf.hgs.MNODE(rg, w.ctx.shape[1], hidden=(3,), enc_hidden=4)
+    with torch.no_grad():
+        full.field.nn.edge_weights.uniform_(0.5, 1.5)
+    gid = {rg.group_name(k): k for k in range(rg.n_groups)}
+    fid = {n: i for i, n in enumerate(rg.names)}
+    cut = {(fid["d"], gid["c"]), (fid["e"], gid["b"]), (fid["e"], gid["c"])}
+    kept = sorted(set(rg.feature_edges) - cut)
+    _mask_edges(full, kept)
+    red_rg, ks, kg = rg.prune(kept)
+    assert red_rg.state_names == ("a", "b", "c")
+    small = hf.hgs.MNODE(red_rg, w.ctx.shape[1], hidden=(3,), enc_hidden=4)
+    transfer(full, small, ks, kg)
+    with torch.no_grad():
+        p_full, _ = hf.hgs.predict(full, w, sc, backend="reference", rtol=1e-10, atol=1e-12)
+        p_small, _ = hf.hgs.predict(small, w, sc, backend="reference", rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(p_small, p_full, rtol=1e-7, atol=1e-8)
+    assert small.n_params()["field"] < full.n_params()["field"]

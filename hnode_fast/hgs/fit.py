@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -122,8 +123,11 @@ def train(
     progress: Optional[Progress] = None,
     desc: str = "fit",
 ) -> List[Dict[str, float]]:
-    """Adam on the loss above; returns the per-epoch history (``loss``, ``mse``, ``l1``,
-    ``failed`` solves). Raises ``FloatingPointError`` on a non-finite loss."""
+    """Adam (cosine learning-rate decay to ``lr / 20``) on the loss above, minibatches of
+    ``batch_size`` windows (``None``: all); returns the per-epoch history (``mse``, ``l1``,
+    ``failed`` solves). A window whose solve fails is left out of its batch's loss and counted
+    (a ``RuntimeWarning`` at the end says how many); ``FloatingPointError`` when every solve of
+    a batch fails or the loss is not finite."""
     if lam1 < 0 or lam2 < 0:
         raise ValueError(f"lambda1 and lambda2 must be >= 0, got {lam1}, {lam2}")
     torch.manual_seed(seed)
@@ -168,6 +172,10 @@ def train(
             bar.set_postfix(mse=f"{tot / n_b:.4g}")
     if bar is not None:
         bar.close()
+    n_failed = sum(int(h["failed"]) for h in hist)
+    if n_failed:
+        msg = f"{desc}: {n_failed} window solves failed during training (left out of their batch's loss)"
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
     if progress is not None:
         progress.stage(f"{desc}: {epochs} epochs, train mse {hist[-1]['mse']:.4g} (normalised), {time.perf_counter() - t_start:.1f} s")
     return hist
