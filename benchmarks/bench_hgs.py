@@ -21,7 +21,9 @@ Models (every fit on ``backend="cpu"``; the same encoder for the latent initial 
 - ``HGS``: ``hf.hgs.sparsify`` on the same graph (lambda1 by K-fold CV over patients,
   pruning, unreachable-state removal, retrain).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_hgs.py --out benchmarks/results/hgs.md``
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_hgs.py --data glucose_6days.csv --out /tmp/hgs.md``
+(the committed ``results/hgs.md`` is this output for the 6-day set named there, with a
+hand-written discussion above it; ``--out`` overwrites a file)
 (``--quick``: fewer epochs, lambdas and seeds, for a smoke run). Also times one small HGS
 pipeline on ``backend="cpu"`` vs ``"reference"``.
 """
