@@ -70,3 +70,13 @@ def test_training_step_same_on_cpu_and_reference():
         hist[be + "_w"] = m.field.nn.edge_weights.detach().clone()
     assert hist["cpu"][1]["mse"] == pytest.approx(hist["reference"][1]["mse"], rel=1e-6)
     torch.testing.assert_close(hist["cpu_w"], hist["reference_w"], rtol=1e-6, atol=1e-9)
+
+
+def test_progress_is_one_line_per_stage_without_a_terminal(capsys):
+    w = windows(3, seed=0, horizon=4)
+    hf.hgs.sparsify(prior(), w, lambdas=[0.01], epochs=1, retrain_epochs=1, hidden=(2,), progress=None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and all(line.startswith("hgs: ") for line in err)
+    assert any("full fit" in line for line in err) and any("retrain reduced" in line for line in err)
+    hf.hgs.sparsify(prior(), w, lambdas=[0.01], epochs=1, retrain_epochs=1, hidden=(2,), progress=False)
+    assert capsys.readouterr().err == ""
