@@ -12,6 +12,8 @@ Quick start::
 from . import (  # noqa: E402
     data,
     graph,
+    hgs,
+    models,
     sparsity,  # noqa: E402  (hf.sparsity.*)
 )
 from ._version import __version__
@@ -66,6 +68,8 @@ __all__ = [
     "sparsity",
     "data",
     "graph",
+    "hgs",
+    "models",
     "fit",
     "FitResult",
     "Observe",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "docs/models.md"]
+DOCS = ["README.md", "docs/models.md", "docs/hgs.md"]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
 
 
