@@ -71,3 +71,29 @@ def prune_edges(field, threshold: float) -> int:
     if mlp is not None and mlp.edge_weights is not None:
         n += mlp.prune_edges(threshold)
     return n
+
+
+@torch.no_grad()
+def prune_gates(field) -> int:
+    """Turn closed L0 gates into masks: every weight whose deterministic (eval-mode) gate
+    ``z = clamp(sigmoid(log_alpha) (zeta - gamma) + gamma, 0, 1)`` is exactly 0 is masked off,
+    so the FieldSpec compacts it away. Returns how many weights were newly masked (0 for a
+    network without gates)."""
+    mlp = _network(field, "prune_gates")
+    if mlp.gates is None:
+        return 0
+    was = mlp.training
+    mlp.eval()
+    n = 0
+    try:
+        for i in range(mlp.n_layers):
+            z = mlp.gate_values(i)
+            m = mlp.masks[i]
+            if z is None:
+                continue
+            new = m & torch.ne(z, 0).expand_as(m)
+            n += int((m & ~new).sum())
+            mlp.set_mask(i, new)
+    finally:
+        mlp.train(was)
+    return n
