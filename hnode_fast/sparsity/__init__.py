@@ -2,7 +2,7 @@
 (Pal et al. 2023) and pruning. See each function's docstring for the exact formula."""
 
 from .local import DP5_STABILITY_SIZE, LocalRegularizer, local_error, sample_t_reg, with_t_reg
-from .pruning import prune_edges, prune_gates, prune_magnitude, prune_threshold
+from .pruning import freeze_gates, prune_edges, prune_gates, prune_magnitude, prune_threshold
 from .regularizers import (
     cnode_path_l1,
     edge_l1,
@@ -20,6 +20,7 @@ __all__ = [
     "with_t_reg",
     "local_error",
     "sample_t_reg",
+    "freeze_gates",
     "prune_edges",
     "prune_gates",
     "prune_magnitude",
