@@ -12,6 +12,7 @@ Quick start::
 from . import (  # noqa: E402
     data,
     graph,
+    shooting,  # hf.shooting.MultipleShooting, hf.shooting.Shooting
     sparsity,  # noqa: E402  (hf.sparsity.*)
 )
 from ._version import __version__
@@ -63,6 +64,7 @@ __all__ = [
     "sparsity",
     "data",
     "graph",
+    "shooting",
     "fit",
     "FitResult",
     "Observe",
