@@ -207,7 +207,10 @@ def fit(
         shooting: :class:`hf.shooting.Shooting` options: train on segments with learnable
             initial states (multiple shooting; not combinable with the local regularizer).
         local: :class:`hf.sparsity.LocalRegularizer` (decayed weight, samplers, stiffness).
-        gate_lr: learning rate of the L0 gates' ``log_alpha`` (default ``lr``).
+        gate_lr: learning rate of the L0 gates' ``log_alpha`` (default ``lr``). The recipe
+            that closes gates (benchmarks/bench_recovery.py): ``gate_lr`` ~5x ``lr``,
+            ``plateau_patience >= epochs`` while gates are sampled (the loss is noisy), then
+            :func:`hf.sparsity.freeze_gates` and a fine-tuning fit without ``l0``.
         prune_closed_gates: after training, mask off the weights of closed L0 gates
             (:func:`hf.sparsity.prune_gates`).
 
