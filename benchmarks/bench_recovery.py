@@ -57,7 +57,7 @@ solve refreshed every STEP_TIMES_EVERY iterations; the CPU backend reports no st
 Reported: mean NFE per trajectory of the final model's test solve, mean training NFE over the
 last 20% of iterations, test MSE, and both as ratios to `none` per seed.
 
-Run:  python benchmarks/bench_recovery.py [--quick] [--seeds 0 1 2] [--iters N] [--jobs 2]
+Run:  python benchmarks/bench_recovery.py [--quick] [--seeds 0 1 2] [--iters N] [--jobs 2 (default)]
       [--only structure|local] [--out FILE]   (writes benchmarks/results/recovery.md)
 
 Full mode: seeds 0 1 2, 1500 iterations, 36 structure fits + 42 local fits; about 40 minutes
@@ -387,7 +387,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 300 iterations, fewer local runs (~2 min)")
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="seeds (default: 0 1 2; quick: 0)")
     ap.add_argument("--iters", type=int, default=None, help="Adam iterations per fit (default 1500; quick 300)")
-    ap.add_argument("--jobs", type=int, default=1, help="fits run in parallel processes (1 thread each)")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel fits, 1 thread each (default 2)")
     ap.add_argument("--only", choices=("structure", "local"), default=None, help="run one part only")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "recovery.md"))
     args = ap.parse_args()
