@@ -184,8 +184,8 @@ def fit(
             (bolus events), observed subset of states, NaN = missing.
         observe: observation model ``(T, B, D) -> (T, B, n_obs)`` (default :class:`hf.Observe`
             of ``data.observed_idx``, fixed scale 1); its trainable parameters are trained too.
-        val: validation subjects for early stopping and the LR plateau (default: the training
-            loss). Validation always solves whole trajectories (single shooting).
+        val: validation subjects for early stopping and the LR plateau, solved whole (single
+            shooting). Default: the training MSE (with ``shooting``, of the segments).
         epochs: maximum number of epochs (full-batch Adam steps), ``>= 1``.
         lr: Adam learning rate of the field and ``observe`` parameters.
         reg: regularizer weights ``{name: weight}``, names ``l1, l2, edge_l1, path, cnode, l0,
