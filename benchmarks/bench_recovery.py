@@ -131,7 +131,9 @@ a training MSE: 4e-4; the test MSE is against noise-free targets.
   system (feature sparsity 0.03 [0, 0.03], AUC 0.97 [0.94, 0.98] = L1's 0.97 [0.91, 1.00], test
   MSE 0.0044 vs none 0.0046, per seed 0.76-0.96x); NOT met on LV (feature sparsity 0.36, AUC
   0.81 < L1's 0.89 because it also cuts weak true self-terms, test MSE 0.035 = 18x none's) nor
-  on the repressilator (feature sparsity 0, AUC 0.85 < 1.00, test MSE 0.025 = 2.8x).
+  on the repressilator (feature sparsity 0, AUC 0.85 < 1.00, test MSE 0.025 = 2.8x). Side
+  runs on LV (3 / 2 seeds, not in the table) did no better: lam 3e-5: AUC 0.75-0.78, test MSE
+  0.008-0.035; stochastic phase 0.4 of the iterations: AUC 0.74-0.78, MSE 0.025-0.047.
 - Local regularizer (single shooting, weight decayed 10x exponentially; per-seed ratios to
   none): NO setting gives the paper's NFE reduction at unchanged accuracy (target NFE <= 0.75x
   at MSE <= 1.2x: not met); the NFE / accuracy curve has a cliff. LV: 0.1->0.01, 1->0.1,
