@@ -16,6 +16,7 @@ from . import (  # noqa: E402
     sparsity,  # noqa: E402  (hf.sparsity.*)
 )
 from ._version import __version__
+from .backends.threads import get_cpu_threads, set_cpu_threads
 from .events import Events, Inputs
 from .fields import (
     ACTIVATIONS,
@@ -61,6 +62,8 @@ __all__ = [
     "Status",
     "odeint",
     "build_info",
+    "set_cpu_threads",
+    "get_cpu_threads",
     "sparsity",
     "data",
     "graph",

@@ -380,6 +380,10 @@ def parser(prog: str = "hnode-fast bench") -> argparse.ArgumentParser:
     ap.add_argument("--skip", default="", help="comma-separated solvers to leave out (e.g. hnode_reference,torchode)")
     ap.add_argument("--epoch-batches", type=int, default=8, help="minibatches per training epoch")
     ap.add_argument("--quiet", action="store_true", help="no line per measurement")
+    if prog == "hnode-fast bench":
+        from .bench_loop import add_arguments
+
+        add_arguments(ap)
     return ap
 
 
@@ -448,6 +452,13 @@ def execute(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``hnode-fast bench``: prints the Markdown table (warnings on top); writes no file."""
     ap = parser()
-    rows, settings, notes = execute(ap, ap.parse_args(argv))
+    a = ap.parse_args(argv)
+    if a.loop:
+        from .bench_loop import main as loop_main
+
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        return loop_main(a)
+    rows, settings, notes = execute(ap, a)
     print(markdown(rows, notes, settings=settings))
     return 0

@@ -27,6 +27,7 @@ def main(argv=None) -> int:
         "         (--quick, --json, --seed, --folds, --plot, --backend, --no-progress; see demo -h)\n"
         "  bench  speed vs torchdiffeq/torchode: Markdown table, missing peers named (full harness: benchmarks/)\n"
         "         (--problems, --batches, --modes, --full, --threads, --device; see bench -h)\n"
+        "         --loop: torchdiffeq's ode_demo training loop, timed quiet and with the cores kept busy\n"
         "  info   what was compiled (hf.build_info()) and which backends are usable"
     )
     if not argv or argv[0] in ("-h", "--help"):

@@ -24,10 +24,25 @@ def _as2d(x, name: str, dtype=None) -> torch.Tensor:
 class Events:
     """Bolus doses: at ``times[b, k]`` add ``amounts[b, k]`` to state ``states[b, k]``.
 
-    Shapes ``(B, K)`` (or ``(K,)`` for a single trajectory / shared by all); pad unused slots
-    with ``+inf`` times. The solver integrates to each time, adds the amount and restarts
-    (new initial step). An output requested exactly at a dose time reports the pre-dose state
-    (left limit), as pharmacometric trough samples do. Amounts may require grad.
+    Args:
+        times: ``(B, K)`` float dose times (float64 internally), or ``(K,)`` for one row shared by
+            every trajectory; pad unused slots with ``+inf``. Unsorted rows are fine. NaN and
+            ``-inf`` raise ``ValueError``.
+        states: ``(B, K)`` integer state indices in ``[0, D)`` (checked against the field when
+            solving), same shape as ``times``.
+        amounts: ``(B, K)`` float amounts added to the state (finite where the time is finite);
+            may require grad (``adjoint="discrete"``: gradients reach them).
+
+    Semantics: the solver integrates to each dose time, adds the amount and restarts (a new
+    initial step); doses before a trajectory's first output time ``t[b, 0]`` raise. An output
+    requested exactly at a dose time reports the pre-dose state (left limit), as
+    pharmacometric trough samples do.
+
+    Example (two subjects, oral doses into state 0 at t=0 and t=12; the second subject only once)::
+
+        doses = hf.Events(times=[[0.0, 12.0], [0.0, float("inf")]], states=[[0, 0], [0, 0]],
+                          amounts=[[4.0, 4.0], [3.5, 0.0]])
+        y = hf.odeint(field, y0, t, events=doses)
     """
 
     times: torch.Tensor
@@ -77,9 +92,22 @@ class Events:
 class Inputs:
     """Exogenous inputs ``u(t)``, piecewise constant per trajectory.
 
-    ``times (B, J)`` non-decreasing switch times (pad with ``+inf``), ``values (B, J, K)``:
-    ``u_b(t) = values[b, j]`` for ``times[b, j] <= t < times[b, j+1]`` and 0 before
-    ``times[b, 0]``. Switch times are integration breakpoints.
+    Args:
+        times: ``(B, J)`` non-decreasing switch times per row (float64 internally; pad with
+            ``+inf``), or ``(J,)`` shared by every trajectory. NaN raises ``ValueError``.
+        values: ``(B, J, K)`` values of the ``K`` inputs from each switch time on, or ``(J, K)``
+            shared by every trajectory; finite where the time is finite. ``K`` must equal the
+            field's ``n_inputs`` (checked when solving).
+
+    Math: ``u_b(t) = values[b, j]`` for ``times[b, j] <= t < times[b, j+1]`` and 0 before
+    ``times[b, 0]``. Switch times are integration breakpoints (the solver stops and restarts
+    there, so steps never straddle a jump). The field sees ``u`` through ``hf.Input`` terms and,
+    when its network's ``in_dim`` is ``D + K``, as extra network features.
+
+    Example (one input: an infusion of rate 2 between t=1 and t=3, for every trajectory)::
+
+        infusion = hf.Inputs(times=[0.0, 1.0, 3.0], values=[[0.0], [2.0], [0.0]])
+        y = hf.odeint(field, y0, t, inputs=infusion)
     """
 
     times: torch.Tensor

@@ -243,6 +243,23 @@ def test_cli_bench_help_outside_the_source_tree(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hnode_fast", "bench", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "--problems" in r.stdout and "--skip" in r.stdout
+    assert "--loop" in r.stdout and "--busy" in r.stdout
+
+
+def test_training_loop_benchmark_rows(capsys):
+    """``hnode-fast bench --loop``: the ode_demo loop per solver, quiet and with a busy process;
+    the hnode rows train the same network the torchdiffeq row trains (same NFE scale)."""
+    from hnode_fast import bench_loop as bl
+
+    names = [n for n in bl.solvers() if n in ("torchdiffeq", "hnode_cpu")]
+    rows = bl.run([0, 1], iters=1, names=names)
+    assert [(r["condition"], r["solver"]) for r in rows] == [(c, n) for c in ("quiet", "busy 1") for n in names]
+    for r in rows:
+        assert r["ms"] > 0 and r["nfe"] >= 8
+    md = bl.markdown(rows)
+    assert "| busy 1 | hnode_cpu |" in md and "B=20" in md
+    a = hb.parser().parse_args(["--loop", "--iters", "1", "--busy", "0", "--quiet"])
+    assert a.loop and a.busy == 0
 
 
 def test_machine_record_keys():

@@ -17,7 +17,7 @@ from hnode_fast.reference.spec_eval import eval_spec
 pytestmark = pytest.mark.skipif("cpu" not in backends.available(), reason="CPU solver not built")
 cpu = pytest.importorskip("hnode_fast.backends.cpu")
 f64, f32 = torch.float64, torch.float32
-ACTS = ["identity", "tanh", "relu", "elu", "softplus", "silu"]
+ACTS = ["identity", "tanh", "relu", "elu", "softplus", "silu", "sigmoid"]
 
 
 @pytest.fixture(autouse=True, params=["one", "lanes", "gpuloops"])

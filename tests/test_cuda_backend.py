@@ -183,7 +183,7 @@ def test_workspace_paths_agree(hidden, seed):
 
 
 @NEEDS_GPU
-@pytest.mark.parametrize("act", ["tanh", "relu", "softplus"])
+@pytest.mark.parametrize("act", ["tanh", "relu", "softplus", "sigmoid"])
 def test_masked_csr_and_fully_masked_layer(act, seed):
     f = random_field(D=5, hidden=(10, 10), activation=act, mask_density=0.3)
     f.nn.set_mask(1, torch.zeros_like(f.nn.masks[1]))

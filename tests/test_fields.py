@@ -51,6 +51,7 @@ def test_activations(act, seed):
         "elu": torch.nn.functional.elu(h),
         "softplus": torch.log1p(torch.exp(h)),
         "silu": h * torch.sigmoid(h),
+        "sigmoid": 1 / (1 + torch.exp(-h)),
     }[act]
     torch.testing.assert_close(mlp(x), ref @ mlp.layers[1].weight.T + mlp.layers[1].bias, rtol=1e-13, atol=1e-13)
 

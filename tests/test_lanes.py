@@ -40,7 +40,7 @@ def assert_bitwise(a, b):
     assert torch.equal(a[m], b[m]), (a[m] - b[m]).abs().max()
 
 
-@pytest.mark.parametrize("act", ["identity", "tanh", "relu", "elu", "softplus", "silu"])
+@pytest.mark.parametrize("act", ["identity", "tanh", "relu", "elu", "softplus", "silu", "sigmoid"])
 @pytest.mark.parametrize("layout", ["dense", "masked", "csr"])
 @pytest.mark.parametrize("B", [1, 6, 11])
 def test_field_eval_bitwise(act, layout, B, monkeypatch, seed):

@@ -24,7 +24,7 @@ accepted steps a forward stores for the discrete adjoint.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -110,8 +110,9 @@ def contig(*ts: Tensor) -> List[Tensor]:
 
 def pack(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads) -> dict:
     """The argument dict of the C++ launchers (``cpu::args_from_dict``): pointers and sizes of
-    contiguous tensors. ``n_threads`` 0: torch's current thread count (the CPU kernel's OpenMP
-    threads; the CUDA launcher ignores it)."""
+    contiguous tensors. ``n_threads`` (the CPU kernel's OpenMP threads; the CUDA launcher ignores
+    it): ``n > 0`` exactly ``n``, ``0`` torch's current thread count, ``-n`` at most ``n`` of
+    torch's threads (the work-size cap, :mod:`.threads`, as a torch.compile graph constant)."""
     B, D = y0.shape
     return dict(
         ints=ints.data_ptr(),
@@ -135,7 +136,7 @@ def pack(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, ato
         rtol=float(rtol),
         atol=float(atol),
         max_steps=int(max_steps),
-        n_threads=int(n_threads) if n_threads > 0 else torch.get_num_threads(),
+        n_threads=int(n_threads) if n_threads > 0 else min(torch.get_num_threads(), -int(n_threads) or torch.get_num_threads()),
     )
 
 
@@ -190,14 +191,17 @@ def stack_checks(checks) -> tuple:
     return chk, "\n".join(m.replace("\n", " ") for _, m in checks)
 
 
-def solve_args(prob, checks: Optional[list], device_type: str, n_threads: int) -> SolveArgs:
+def solve_args(prob, checks: Optional[list], device_type: str, n_threads: Union[int, Callable[[Tuple[int, ...], int], int]]) -> SolveArgs:
     """The first 14 arguments of ``hnode_fast::solve`` for a validated Problem: the field's
     FieldSpec (:func:`.specs.spec_for`, differentiable when a gradient is needed; ``checks``: the
     Problem's deferred checks under torch.compile, to which the mask check is appended), its
-    parameters in y0's dtype, the Problem's tensors, tolerances, ``max_steps`` and ``n_threads``."""
+    parameters in y0's dtype, the Problem's tensors, tolerances, ``max_steps`` and ``n_threads``
+    (an int, or a function of the spec's header and ``B`` that chooses it)."""
     from .specs import spec_for
 
     spec = spec_for(prob.func, checks, prob.module_tensors)
+    if callable(n_threads):
+        n_threads = n_threads(spec.header_ints(), prob.y0.shape[0])
     params = spec.params
     if params.dtype != prob.y0.dtype:
         params = params.to(prob.y0.dtype)

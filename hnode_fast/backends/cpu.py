@@ -32,6 +32,7 @@ from . import args as A
 from . import ops
 from .caps import CAPS
 from .specs import spec_for
+from .threads import get_cpu_threads, solve_threads, work_cap
 
 _OP = "hnode_fast::solve"
 
@@ -218,6 +219,13 @@ def output_slopes(prob) -> Tensor:
     return slopes
 
 
+def _threads_compiling(header, B: int) -> int:
+    """Under torch.compile: the thread choice as a graph constant that reads torch's thread count
+    when the op runs (:func:`.args.pack`): ``n`` when fixed, else ``-cap`` (at most ``cap``)."""
+    fixed = get_cpu_threads()
+    return max(1, min(fixed, B)) if fixed is not None else -work_cap(header, B)
+
+
 def solve(prob):
     """``Problem -> (y (T, B, D), Stats)`` on the CPU kernels.
 
@@ -229,7 +237,7 @@ def solve(prob):
     _lib()
     compiling = torch.compiler.is_compiling()
     checks = prob.checks if compiling else None
-    args = A.solve_args(prob, checks, "cpu", 0 if compiling else torch.get_num_threads())  # 0: the op reads it at run time
+    args = A.solve_args(prob, checks, "cpu", _threads_compiling if compiling else solve_threads)
     params, ev_a = args[1], args[7]
     chk, msgs = A.stack_checks(checks)
     needs_graph = torch.is_grad_enabled() and (params.requires_grad or prob.y0.requires_grad or ev_a.requires_grad)

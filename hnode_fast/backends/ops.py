@@ -10,7 +10,7 @@ A device with no implementation gets ``NotImplementedError`` from the default bo
   columns: ``[n_steps, n_rejected, nfe, status]``. Up to ``ckpt_cap`` accepted steps per
   trajectory are stored for the backward (:func:`.args.ck_empty`; on CUDA ``ck_n[b] = -1`` when
   trajectory ``b`` did not fit). ``n_threads``: the CPU kernel's threads (0: torch's count when
-  the op runs; unused on CUDA). ``checks`` (bool ``(N,)``) and ``check_msgs`` (N lines):
+  the op runs, ``-n``: at most ``n`` of them; unused on CUDA). ``checks`` (bool ``(N,)``) and ``check_msgs`` (N lines):
   ``hf.odeint``'s data-dependent validation computed inside a ``torch.compile`` graph; the op
   raises ``ValueError(<line i>)`` for the first false entry.
 * ``hnode_fast::solve_backward(grad_y, <ten tensors>, rtol, atol, max_steps, n_threads, stats,

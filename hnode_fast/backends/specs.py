@@ -137,7 +137,7 @@ def spec_for(field, checks: Optional[list] = None, module_tensors=None) -> Field
             checks.append((ok, _STRUCTURE_CHANGED))
         elif not bool(ok):
             raise RuntimeError(_STRUCTURE_CHANGED)
-        return FieldSpec(st.ints, gather_params(st, field.mech, mlp))
+        return FieldSpec(st.ints, gather_params(st, field.mech, mlp), st.header)
     ps, bs = module_tensors if module_tensors is not None else _hostcheck.module_tensors(field)
     tensors = ps + bs
     if torch.is_grad_enabled() and any(p.requires_grad for p in tensors):
@@ -145,7 +145,7 @@ def spec_for(field, checks: Optional[list] = None, module_tensors=None) -> Field
         if mlp is not None and mlp.gates is not None:
             return field.compile()
         st = structure_for(field)
-        return FieldSpec(st.ints, gather_params(st, field.mech, mlp))
+        return FieldSpec(st.ints, gather_params(st, field.mech, mlp), st.header)
     # no gradient: reuse the last spec while the field has the same parameter and buffer tensors
     # holding the same values (compared by value: see same_values)
     cache = field.__dict__.get("_hnode_cpu_spec_cache")
@@ -161,6 +161,6 @@ def spec_for(field, checks: Optional[list] = None, module_tensors=None) -> Field
         spec = field.compile().detach()
     else:
         st = structure_for(field)
-        spec = FieldSpec(st.ints, gather_params(st, field.mech, mlp).detach())
+        spec = FieldSpec(st.ints, gather_params(st, field.mech, mlp).detach(), st.header)
     object.__setattr__(field, "_hnode_cpu_spec_cache", (spec, tuple(tensors), snapshot(tensors)))
     return spec

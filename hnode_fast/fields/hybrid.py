@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 from torch import nn
@@ -24,8 +24,19 @@ class HybridField(nn.Module):
     Args:
         mech: :class:`MechanisticGraph` with ``D`` states (or ``None``).
         nn: :class:`MaskedMLP` with ``out_dim == D`` and ``in_dim`` equal to ``D`` (sees the
-            states) or ``D + K`` (sees states and the ``K`` exogenous inputs).
+            states) or ``D + K`` (sees states and the ``K`` exogenous inputs); or a plain
+            ``torch.nn.Sequential`` of ``nn.Linear`` and ``nn.Tanh/ReLU/ELU/Softplus/SiLU/Sigmoid/
+            Identity``, read with :meth:`MaskedMLP.from_sequential`: the field then holds the
+            Sequential's own ``nn.Linear`` modules (parameters shared, not copied), so an
+            optimizer over ``seq.parameters()`` trains the compiled solves on every backend.
         n_states, n_inputs: needed only when they cannot be read from ``mech``/``nn``.
+
+    Example (a torchdiffeq-style network, compiled)::
+
+        net = torch.nn.Sequential(torch.nn.Linear(2, 50), torch.nn.Tanh(), torch.nn.Linear(50, 2))
+        field = hf.HybridField(nn=net)                   # dz/dt = net(z)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        y = hf.odeint(field, y0, t)                      # backend "cpu" (or "cuda") when built
 
     ``field(t, z)`` maps ``(B, D) -> (B, D)`` (torchdiffeq convention); ``t`` is a scalar or
     ``(B,)`` tensor and is used only to look up exogenous inputs (the field is autonomous
@@ -37,15 +48,17 @@ class HybridField(nn.Module):
     def __init__(
         self,
         mech: Optional[MechanisticGraph] = None,
-        nn: Optional[MaskedMLP] = None,
+        nn: Optional[Union[MaskedMLP, torch.nn.Sequential, torch.nn.Linear]] = None,
         n_states: Optional[int] = None,
         n_inputs: Optional[int] = None,
     ) -> None:
         super().__init__()
         if mech is not None and not isinstance(mech, MechanisticGraph):
             raise ValueError(f"mech must be a hf.MechanisticGraph, got {type(mech).__name__}")
+        if isinstance(nn, (torch.nn.Sequential, torch.nn.Linear)):
+            nn = MaskedMLP.from_sequential(nn)
         if nn is not None and not isinstance(nn, MaskedMLP):
-            raise ValueError(f"nn must be a hf.MaskedMLP, got {type(nn).__name__}")
+            raise ValueError(f"nn must be a hf.MaskedMLP or a torch.nn.Sequential of nn.Linear and activations, got {type(nn).__name__}")
         if mech is not None:
             D = mech.n_states
         elif nn is not None:
@@ -175,8 +188,9 @@ class HybridField(nn.Module):
             n_on = sum(int(mk.sum()) for mk in mlp.masks)
             n_all = sum(mk.numel() for mk in mlp.masks)
             sizes = " -> ".join(str(n) for n in (mlp.in_dim,) + tuple(mlp.hidden) + (mlp.out_dim,))
+            source = f" (the parameters of the given {mlp.source})" if mlp.source else ""
             notes.append(
-                f"nn: MaskedMLP {sizes}, {mlp.activation}; {n_on} of {n_all} weights unmasked; "
+                f"nn: MaskedMLP{source} {sizes}, {mlp.activation}; {n_on} of {n_all} weights unmasked; "
                 f"reads {_names(read_any)}, feeds {_names(fed)}"
             )
             if constant:

@@ -13,7 +13,7 @@ because only ``W * M`` enters the computation.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, cast, overload
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast, overload
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ ACTIVATIONS = {
     "elu": 3,
     "softplus": 4,
     "silu": 5,
+    "sigmoid": 6,
 }
 
 # L0 hard-concrete constants (Louizos et al. 2018; Aliee et al. 2022 defaults).
@@ -73,6 +74,8 @@ def apply_activation(x: torch.Tensor, code: int) -> torch.Tensor:
         return torch.nn.functional.softplus(x)
     if code == 5:
         return torch.nn.functional.silu(x)
+    if code == 6:
+        return torch.sigmoid(x)
     raise ValueError(f"unknown activation code {code}")
 
 
@@ -83,15 +86,27 @@ class MaskedMLP(nn.Module):
         in_dim: input features (for a hybrid field: ``D`` states, or ``D + K`` with inputs).
         out_dim: outputs (``D`` for a hybrid field).
         hidden: hidden widths, e.g. ``(32, 32)``; ``()`` gives a single linear layer.
-        activation: one of ``identity, tanh, relu, elu, softplus, silu`` (hidden layers only).
+        activation: one of ``identity, tanh, relu, elu, softplus, silu, sigmoid`` for every hidden
+            layer, or a sequence of such names, one per hidden layer (the last layer is linear).
+            The triton backend needs one activation for all hidden layers.
         gates: ``None``, ``"l0"`` — hard-concrete gates on the input units of every layer
             (shape ``(in_l,)``, Louizos et al.'s group form; closing a first-layer gate drops a
             feature) — or ``"l0_weight"`` — one gate per weight (shape ``(out_l, in_l)``,
             Louizos et al.'s per-parameter form; closing gates removes single input->output
-            paths). Initial drop probability 0.2 on the first layer, 0.5 on the others
+            paths). Initial keep probability 0.8 on the first layer and 0.5 on the others
             (Aliee et al.).
+        bias: ``False`` for layers without biases.
 
     Shapes: ``forward(x)`` maps ``(B, in_dim) -> (B, out_dim)``.
+
+    A plain ``nn.Sequential`` of ``nn.Linear`` and activations becomes a MaskedMLP that shares its
+    parameters with :meth:`from_sequential` (``hf.HybridField(nn=seq)`` does it for you).
+
+    Example::
+
+        >>> net = hf.MaskedMLP(2, 2, hidden=(16, 16), activation="tanh")
+        >>> net(torch.randn(5, 2)).shape
+        torch.Size([5, 2])
     """
 
     edge_rows: Optional[torch.Tensor]  # buffer: block id of each first-layer row (HGS), or None
@@ -101,7 +116,7 @@ class MaskedMLP(nn.Module):
         in_dim: int,
         out_dim: int,
         hidden: Sequence[int] = (32, 32),
-        activation: str = "tanh",
+        activation: Union[str, Sequence[str]] = "tanh",
         gates: Optional[str] = None,
         bias: bool = True,
     ) -> None:
@@ -111,15 +126,22 @@ class MaskedMLP(nn.Module):
         hidden = tuple(int(h) for h in hidden)
         if any(h < 1 for h in hidden):
             raise ValueError(f"hidden widths must be >= 1, got hidden={hidden}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        acts: Tuple[str, ...] = (activation,) * len(hidden) if isinstance(activation, str) else tuple(activation)
+        if len(acts) != len(hidden):
+            raise ValueError(f"activation needs one name per hidden layer ({len(hidden)}), got {len(acts)}: {activation!r}")
+        for a in (activation,) if isinstance(activation, str) else acts:
+            if a not in ACTIVATIONS:
+                raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {a!r}")
         if gates not in (None, "l0", "l0_weight"):
             raise ValueError(f"gates must be None, 'l0' or 'l0_weight', got {gates!r}")
         self.in_dim = int(in_dim)
         self.out_dim = int(out_dim)
         self.hidden = hidden
-        self.activation = activation
-        self.act_code = ACTIVATIONS[activation]
+        # one name when every hidden layer shares it, else the names joined by ","
+        self.activation = activation if isinstance(activation, str) else (acts[0] if len(set(acts)) == 1 else ",".join(acts))
+        self.activations = acts  # per hidden layer
+        self.act_codes: Tuple[int, ...] = tuple(ACTIVATIONS[a] for a in acts) + (0,)  # per layer; the last is linear
+        self.source: Optional[str] = None  # "nn.Sequential" when built by from_sequential (parameters shared)
         self.gates = gates
         sizes = (self.in_dim,) + hidden + (self.out_dim,)
         self.layers = _LinearList(nn.Linear(sizes[i], sizes[i + 1], bias=bias) for i in range(len(sizes) - 1))
@@ -136,6 +158,27 @@ class MaskedMLP(nn.Module):
                 shape = (layer.in_features,) if gates == "l0" else tuple(layer.weight.shape)
                 la = torch.empty(shape).normal_(mean, 0.01)
                 self.log_alpha.append(nn.Parameter(la))
+
+    @classmethod
+    def from_sequential(cls, module: nn.Module) -> "MaskedMLP":
+        """A MaskedMLP that runs ``module`` (an ``nn.Sequential`` of ``nn.Linear`` and
+        activations, see :mod:`hnode_fast.fields.sequential`), holding the SAME ``nn.Linear``
+        modules: parameters are shared, not copied, so an optimizer over ``module.parameters()``
+        trains every solve and ``MaskedMLP.from_sequential(seq)(x)`` equals ``seq(x)``. Masks start
+        all ones; masks set later (pruning, ``hf.sparsity``) live on the MaskedMLP, so the
+        Sequential's own forward does not see them. ``ValueError`` names the first layer that
+        cannot be compiled."""
+        from .sequential import parse_sequential
+
+        linears, acts = parse_sequential(module)
+        w = linears[0].weight
+        hidden = tuple(lin.out_features for lin in linears[:-1])
+        mlp = cls(linears[0].in_features, linears[-1].out_features, hidden=hidden, activation=tuple(acts), bias=True)
+        mlp.layers = _LinearList(linears)
+        for i, lin in enumerate(linears):
+            mlp.register_buffer(f"mask_{i}", torch.ones(lin.weight.shape, dtype=torch.bool, device=w.device))
+        mlp.source = "nn.Sequential"
+        return mlp
 
     # ------------------------------------------------------------------ masks
     @property
@@ -263,7 +306,7 @@ class MaskedMLP(nn.Module):
         for i, w in enumerate(ws):
             x = torch.nn.functional.linear(x, w, self.bias(i))
             if i < last:
-                x = apply_activation(x, self.act_code)
+                x = apply_activation(x, self.act_codes[i])
         return x
 
     def mask_paths(self) -> torch.Tensor:

@@ -54,8 +54,15 @@ class FieldSpec:
 
     ints: torch.Tensor  # int32 (N,), CPU
     params: torch.Tensor  # (P,) float, on the field's device
+    header: Optional[Tuple[int, ...]] = None  # ints[:HEADER] as Python ints, when known (no tensor read)
 
     # ---- header accessors
+    def header_ints(self) -> Tuple[int, ...]:
+        """``ints[:HEADER]`` as Python ints (the cached ``header`` when set)."""
+        if self.header is None:
+            self.header = tuple(int(v) for v in self.ints[:HEADER].tolist())
+        return self.header
+
     def _h(self, i: int) -> int:
         return int(self.ints[i])
 
@@ -112,10 +119,10 @@ class FieldSpec:
         return n
 
     def to(self, dtype: Optional[torch.dtype] = None, device=None) -> "FieldSpec":
-        return FieldSpec(self.ints, self.params.to(dtype=dtype, device=device))
+        return FieldSpec(self.ints, self.params.to(dtype=dtype, device=device), self.header)
 
     def detach(self) -> "FieldSpec":
-        return FieldSpec(self.ints, self.params.detach())
+        return FieldSpec(self.ints, self.params.detach(), self.header)
 
 
 def _mlp_structure(mlp: MaskedMLP, gates: List[Optional[torch.Tensor]]):
@@ -254,7 +261,7 @@ def spec_structure(
                 rows, cols = lp.rows, lp.cols
                 lv = live[l][rows][:, cols]
                 density = float(lv.sum()) / max(1, lv.numel())
-                act = mlp.act_code if l < L - 1 else 0
+                act = mlp.act_codes[l] if l < L - 1 else 0
                 max_width = max(max_width, rows.numel())
                 n_out_l, n_in_l = live[l].shape
                 all_rows, all_cols = rows.numel() == n_out_l, cols.numel() == n_in_l
@@ -366,7 +373,7 @@ def gather_params(st: SpecStructure, mech, mlp: Optional[MaskedMLP], gates: Opti
                 pre = pre + masked(l)[:, lp.fold_idx] @ c_prev
             if lp.const_idx is not None:
                 c_here = pre[lp.const_idx]
-                c_prev = c_here if l == L - 1 else apply_activation(c_here, mlp.act_code)
+                c_prev = c_here if l == L - 1 else apply_activation(c_here, mlp.act_codes[l])
             pres.append(pre)
         if st.out_const_idx is not None:
             const_vec = const_vec.index_add(0, st.out_const_idx, c_prev)
@@ -400,4 +407,4 @@ def compile_field(
     :func:`spec_structure` (with the L0 gates' zero pattern) then :func:`gather_params`."""
     gates = [mlp.gate_values(i) for i in range(mlp.n_layers)] if mlp is not None else None
     st = spec_structure(mech, mlp, n_states, n_inputs, nn_uses_inputs, csr_threshold, gates=gates)
-    return FieldSpec(ints=st.ints, params=gather_params(st, mech, mlp, gates=gates))
+    return FieldSpec(ints=st.ints, params=gather_params(st, mech, mlp, gates=gates), header=st.header)

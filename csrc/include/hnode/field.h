@@ -146,7 +146,7 @@ enum {
 };
 // columns of a layer row
 enum { LCOL_NIN = 0, LCOL_NOUT = 1, LCOL_FMT = 2, LCOL_WOFF = 3, LCOL_BOFF = 4, LCOL_ACT = 5, LCOL_RP = 6, LCOL_COL = 7 };
-enum { ACT_IDENTITY = 0, ACT_TANH = 1, ACT_RELU = 2, ACT_ELU = 3, ACT_SOFTPLUS = 4, ACT_SILU = 5 };
+enum { ACT_IDENTITY = 0, ACT_TANH = 1, ACT_RELU = 2, ACT_ELU = 3, ACT_SOFTPLUS = 4, ACT_SILU = 5, ACT_SIGMOID = 6 };
 enum { TERM_CONSTANT = 0, TERM_LINEAR = 1, TERM_MASS_ACTION = 2, TERM_MM = 3, TERM_HILL = 4, TERM_INPUT = 5 };
 enum { TFLAG_CONSUME = 1, TFLAG_REPRESS = 2 };
 
@@ -207,6 +207,7 @@ HNODE_HD_INLINE T activate(int code, T x) {
     case ACT_ELU: return x > T(0) ? x : fm::expm1_(x);
     case ACT_SOFTPLUS: return x > T(20) ? x : fm::log1p_(fm::exp_(x));
     case ACT_SILU: return x / (T(1) + fm::exp_(-x));
+    case ACT_SIGMOID: return T(1) / (T(1) + fm::exp_(-x));
     default: return x;
   }
 }
@@ -227,6 +228,7 @@ HNODE_HD_INLINE T activate_grad(int code, T pre, T post) {
       T s = T(1) / (T(1) + fm::exp_(-pre));
       return s * (T(1) + pre * (T(1) - s));
     }
+    case ACT_SIGMOID: return post * (T(1) - post);
     default: return T(1);
   }
 }

@@ -20,6 +20,11 @@ inline void check_spec(const int* ints, long long n_ints, long long P, int D) {
   const long long need = SPEC_HEADER + (long long)SPEC_LAYER_COLS * ints[HDR_L] +
                          (long long)SPEC_TERM_COLS * ints[HDR_NTERMS] + ints[HDR_NIN] + ints[HDR_NOUT];
   if (need > n_ints) throw std::runtime_error("FieldSpec ints truncated");
+  for (int l = 0; l < ints[HDR_L]; ++l) {
+    const int act = ints[SPEC_HEADER + SPEC_LAYER_COLS * l + LCOL_ACT];
+    if (act < ACT_IDENTITY || act > ACT_SIGMOID)
+      throw std::runtime_error("FieldSpec layer " + std::to_string(l) + " has unknown activation code " + std::to_string(act));
+  }
 }
 
 }  // namespace hnode

@@ -31,6 +31,8 @@ def _act(x, ACT: tl.constexpr):
         y = tl.where(x > 20.0, x, tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x))))
     elif ACT == 5:
         y = x / (1.0 + tl.exp(-x))
+    elif ACT == 6:
+        y = 1.0 / (1.0 + tl.exp(-x))
     else:
         y = x
     return y
@@ -51,6 +53,9 @@ def _dact(x, ACT: tl.constexpr):
     elif ACT == 5:
         s = 1.0 / (1.0 + tl.exp(-x))
         d = s * (1.0 + x * (1.0 - s))
+    elif ACT == 6:
+        s = 1.0 / (1.0 + tl.exp(-x))
+        d = s * (1.0 - s)
     else:
         d = 1.0 + 0.0 * x
     return d
