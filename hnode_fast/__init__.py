@@ -14,6 +14,7 @@ from . import (  # noqa: E402
     graph,
     hgs,
     models,
+    shooting,  # hf.shooting.MultipleShooting, hf.shooting.Shooting
     sparsity,  # noqa: E402  (hf.sparsity.*)
 )
 from ._version import __version__
@@ -70,6 +71,7 @@ __all__ = [
     "graph",
     "hgs",
     "models",
+    "shooting",
     "fit",
     "FitResult",
     "Observe",

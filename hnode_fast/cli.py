@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = (
         "usage: hnode-fast {demo,bench,info} [options]\n"
-        "  demo   fit mechanistic / black-box / sparse hybrid models to Theoph (--quick, --json)\n"
+        "  demo   cross-validate mechanistic / black-box / sparse hybrid models on Indometh and say who won\n"
+        "         (--quick, --json, --seed, --folds, --plot, --backend, --no-progress; see demo -h)\n"
         "  bench  speed vs torchdiffeq/torchode: Markdown table, missing peers named (full harness: benchmarks/)\n"
         "         (--problems, --batches, --modes, --full, --threads, --device; see bench -h)\n"
         "         --loop: torchdiffeq's ode_demo training loop, timed quiet and with the cores kept busy\n"

@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from . import sparsity as sp
+from ._progress import Progress
 from .data.longitudinal import LongitudinalDataset
 from .events import Events
 from .fields.hybrid import HybridField
+from .shooting import MultipleShooting, Shooting, continuity_penalty, grow, initial_guess
 from .solve import odeint
 
 REGULARIZERS = ("l1", "l2", "edge_l1", "path", "cnode", "l0", "local")
@@ -164,22 +166,64 @@ def fit(
     checkpoint: Optional[str] = None,
     local_rtol: Optional[float] = None,
     desc: str = "fit",
+    shooting: Optional[Shooting] = None,
+    local: Optional[sp.LocalRegularizer] = None,
+    gate_lr: Optional[float] = None,
+    prune_closed_gates: bool = True,
 ) -> FitResult:
     """Train ``field`` (and ``observe``) on ``data`` by full-batch Adam.
 
+    Loss per epoch: ``masked_mse(observe(y), data) + sum_k reg[k] R_k(field)`` (+ the
+    continuity penalty with ``shooting``, + the local term with ``local``), one gradient step
+    over all subjects. ``ReduceLROnPlateau`` on the validation loss; the state with the best
+    validation loss is restored at the end.
+
     Args:
-        field: the :class:`hf.HybridField` to train (modified in place; the best state by
-            validation loss is restored at the end).
+        field: the :class:`hf.HybridField` to train (modified in place).
         data: :class:`hf.data.LongitudinalDataset` — subjects with their own times, doses
             (bolus events), observed subset of states, NaN = missing.
-        observe: observation model (default :class:`Observe` of ``data.observed_idx``, fixed
-            scale 1); its parameters are trained too.
-        val: validation subjects for early stopping and the LR plateau (default: train loss).
-        reg: regularizer weights, keys in ``REGULARIZERS``; ``local`` is Pal et al.'s local
-            error term at one uniform ``t_reg`` per subject.
+        observe: observation model ``(T, B, D) -> (T, B, n_obs)`` (default :class:`hf.Observe`
+            of ``data.observed_idx``, fixed scale 1); its trainable parameters are trained too.
+        val: validation subjects for early stopping and the LR plateau, solved whole (single
+            shooting). Default: the training MSE (with ``shooting``, of the segments).
+        epochs: maximum number of epochs (full-batch Adam steps), ``>= 1``.
+        lr: Adam learning rate of the field and ``observe`` parameters.
+        reg: regularizer weights ``{name: weight}``, names ``l1, l2, edge_l1, path, cnode, l0,
+            local`` (see :mod:`hf.sparsity`); ``l0`` needs ``MaskedMLP(gates="l0")``;
+            ``local: w`` is a constant-weight :class:`hf.sparsity.LocalRegularizer` (uniform
+            ``t_reg``, rtol ``local_rtol``).
+        patience: stop after this many epochs without a better validation loss.
+        plateau_patience, plateau_factor: ``ReduceLROnPlateau``'s patience and factor.
+        rtol, atol: solver tolerances of every training and validation solve.
+        backend: :func:`hf.odeint` backend (``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"``,
+            ``"triton"``).
         y0: ``callable(B) -> (B, D)`` initial states (default zeros; doses come as events).
-        seed: makes the run deterministic (initial L0 noise, t_reg samples).
+        seed: makes the run deterministic (L0 gate noise, ``t_reg`` samples).
+        progress: report progress on stderr: a tqdm bar when stderr is a terminal, otherwise
+            one log line per epoch; False: silent.
         checkpoint: path; the best ``{"field", "observe", "epoch"}`` state dicts are saved there.
+        local_rtol: rtol of the local error estimate for ``reg["local"]`` (default ``rtol``).
+        desc: label of the progress output.
+        shooting: :class:`hf.shooting.Shooting` options: train on segments with learnable
+            initial states (multiple shooting; not combinable with the local regularizer).
+        local: :class:`hf.sparsity.LocalRegularizer` (decayed weight, samplers, stiffness).
+        gate_lr: learning rate of the L0 gates' ``log_alpha`` (default ``lr``). The recipe
+            that closes gates (benchmarks/bench_recovery.py): ``gate_lr`` ~5x ``lr``,
+            ``plateau_patience >= epochs`` while gates are sampled (the loss is noisy), then
+            :func:`hf.sparsity.freeze_gates` and a fine-tuning fit without ``l0``.
+        prune_closed_gates: after training, mask off the weights of closed L0 gates
+            (:func:`hf.sparsity.prune_gates`).
+
+    Returns:
+        :class:`FitResult`: ``history`` (one dict per epoch: ``epoch, loss, mse, val,
+        sparsity, nfe, lr, failed``), ``best_epoch``, ``best_val``, ``seconds``,
+        ``nfe_per_solve`` (mean NFE per trajectory of the training solves), ``stopped_early``
+        and the trained ``observe``.
+
+    Raises:
+        ValueError: unknown regularizer names, a field that is not a HybridField, empty data,
+            ``epochs < 1``, ``l0`` without gates, ``local`` together with ``shooting``.
+        FloatingPointError: the loss became non-finite.
     """
     reg = dict(reg or {})
     unknown = set(reg) - set(REGULARIZERS)
@@ -191,6 +235,12 @@ def fit(
         raise ValueError("data has no subjects")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if reg.get("local"):
+        if local is not None:
+            raise ValueError("give the local regularizer either as reg['local'] or as local=, not both")
+        local = sp.LocalRegularizer(weight=reg["local"], weight_end=None, rtol=local_rtol)
+    if local is not None and shooting is not None:
+        raise ValueError("the local regularizer and multiple shooting cannot be combined (yet)")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     dtype, device = _params_dtype(field)
@@ -201,46 +251,52 @@ def fit(
     PV = _problem(val, dtype, device) if val is not None else None
     B, D = P["B"], field.n_states
     init = (lambda n: torch.zeros(n, D, dtype=dtype, device=device)) if y0 is None else y0
-    params = [p for p in list(field.parameters()) + list(observe.parameters()) if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    gates = [p for n, p in field.named_parameters() if "log_alpha" in n and p.requires_grad]
+    gate_ids = {id(p) for p in gates}
+    params = [p for p in list(field.parameters()) + list(observe.parameters()) if p.requires_grad and id(p) not in gate_ids]
+    groups = [{"params": params, "lr": lr}] + ([{"params": gates, "lr": gate_lr or lr}] if gates else [])
+    solver: Dict[str, Any] = {"rtol": rtol, "atol": atol, "backend": backend}
+    ms = None
+    if shooting is not None:
+        guess = initial_guess(field, init(B), P["t"], events=P["events"], observe=observe, y_obs=P["y"], obs_mask=P["mask"], **solver)
+        ms = MultipleShooting(P["t"], min(shooting.seg_len, P["t"].shape[1] - 1), guess, learn_first=shooting.learn_first)
+        groups.append({"params": [ms.states], "lr": shooting.states_lr or lr})
+    opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=plateau_factor, patience=plateau_patience)
     res = FitResult()
     best_state = None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, desc=desc, leave=False, dynamic_ncols=True)
+    bar = Progress(progress, epochs, desc)
     t_start = time.perf_counter()
     nfe_sum, nfe_n = 0.0, 0
     since_best = 0
+    prev_stats = None
     for epoch in range(epochs):
         field.train()
         if field.nn is not None and field.nn.gates is not None:
             field.nn.resample_gates()
+        every = shooting.grow_every if shooting is not None else 0
+        if ms is not None and shooting is not None and every and ms.n_segments > 1 and 0 < epoch and epoch % every == 0:
+            with torch.no_grad():
+                cur = ms(field, init(B), events=P["events"], **solver)[0]
+            ms = grow(ms, cur, min(ms.seg_len * shooting.grow_factor, P["t"].shape[1] - 1))
+            opt.state.pop(opt.param_groups[-1]["params"][0], None)
+            opt.param_groups[-1]["params"] = [ms.states]
         opt.zero_grad(set_to_none=True)
-        t_grid = P["t"]
-        lam_local = reg.get("local", 0.0)
-        if lam_local:
-            t_reg = sp.sample_t_reg(t_grid, generator=gen).to(device)
-            t_aug, order = torch.sort(torch.cat([t_grid, t_reg[:, None]], dim=1), dim=1)
-            y_all, st = odeint(field, init(B), t_aug, rtol=rtol, atol=atol, events=P["events"], backend=backend, return_stats=True)
-            pos = torch.argsort(order, dim=1)  # where each original column went
-            bidx = torch.arange(B, device=device)
-            y = torch.stack([y_all[pos[:, j], bidx] for j in range(t_grid.shape[1])])
-            y_reg = y_all[pos[:, -1], bidx]
+        extra = torch.zeros((), dtype=dtype, device=device)
+        if ms is not None and shooting is not None:
+            y, gaps, st = ms(field, init(B), events=P["events"], **solver)
+            extra = shooting.weight * continuity_penalty(gaps)
+        elif local is not None:
+            y, st, extra = _local_forward(field, init(B), P, local, epoch, epochs, gen, prev_stats, solver)
         else:
-            y, st = odeint(field, init(B), t_grid, rtol=rtol, atol=atol, events=P["events"], backend=backend, return_stats=True)
+            y, st = odeint(field, init(B), P["t"], events=P["events"], return_stats=True, **solver)
+        prev_stats = st
         nfe_sum += float(st.nfe.double().mean())
         nfe_n += 1
         if bool((st.status != 0).any()):
             y = y.nan_to_num(nan=0.0)  # failed rows: keep training stable, counted in history
         mse = masked_mse(observe(y), P)
-        loss = mse + regularization(field, reg)
-        if lam_local:
-            ok = torch.isfinite(y_reg).all(dim=1)
-            if bool(ok.any()):
-                loss = loss + lam_local * sp.local_error(field, y_reg[ok], t_reg[ok], local_rtol or rtol, atol)
+        loss = mse + regularization(field, reg) + extra
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at epoch {epoch}: mse={float(mse)}; lower lr or check data")
         loss.backward()
@@ -248,7 +304,7 @@ def fit(
         field.eval()
         if PV is not None:
             with torch.no_grad():
-                yv = odeint(field, init(PV["B"]), PV["t"], rtol=rtol, atol=atol, events=PV["events"], backend=backend)
+                yv = odeint(field, init(PV["B"]), PV["t"], events=PV["events"], **solver)
                 val_loss = float(masked_mse(observe(yv.nan_to_num(nan=1e6)), PV))
         else:
             val_loss = float(mse.detach())
@@ -273,22 +329,50 @@ def fit(
                 torch.save({"field": best_state[0], "observe": best_state[1], "epoch": epoch}, checkpoint)
         else:
             since_best += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4g}", val=f"{val_loss:.4g}", sparsity=f"{sparsity:.2f}", nfe=f"{rec['nfe']:.0f}")
+        bar.update(rec)
         if since_best >= patience:
             res.stopped_early = True
             break
-    if bar is not None:
-        bar.close()
+    bar.close()
     if best_state is not None:
         field.load_state_dict(best_state[0])
         observe.load_state_dict(best_state[1])
+    if prune_closed_gates and field.nn is not None and field.nn.gates is not None:
+        sp.prune_gates(field)
     field.eval()
     res.seconds = time.perf_counter() - t_start
     res.nfe_per_solve = nfe_sum / max(1, nfe_n)
     res.observe = observe
     return res
+
+
+def _local_forward(field, y0, P, local, epoch, epochs, gen, prev_stats, solver):
+    """One training solve with ``t_reg`` inserted into each row's grid; returns ``(y (T, B, D),
+    stats, lambda_e * local_error)``. The biased sampler draws from the previous epoch's step
+    times (a no-grad reference solve supplies them when the backend reports none)."""
+    t_grid = P["t"]
+    B, T = t_grid.shape
+    if local.sampler == "steps" and prev_stats is not None:
+        if prev_stats.step_times is None:
+            with torch.no_grad():
+                ref = {**solver, "backend": "reference"}
+                prev_stats = odeint(field, y0, t_grid, events=P["events"], return_stats=True, **ref)[1]
+        t_reg = sp.sample_t_reg(t_grid, generator=gen, mode="steps", stats=prev_stats)
+    else:
+        t_reg = sp.sample_t_reg(t_grid, generator=gen)
+    grid, pos = sp.with_t_reg(t_grid, t_reg.to(t_grid.device))
+    y_all, st = odeint(field, y0, grid, events=P["events"], return_stats=True, **solver)
+    idx = pos.T[:, :, None].expand(T + 1, B, y_all.shape[-1])
+    yo = torch.gather(y_all, 0, idx)
+    y, y_reg = yo[:T], yo[T]
+    ok = torch.isfinite(y_reg).all(dim=1)
+    if not bool(ok.any()):
+        return y, st, y.new_zeros(())
+    lam = local.weight_at(epoch, epochs)
+    rt = local.rtol if local.rtol is not None else solver["rtol"]
+    at = local.atol if local.atol is not None else solver["atol"]
+    term = sp.local_error(field, y_reg[ok], grid.gather(1, pos[:, T:]).reshape(-1)[ok], rt, at, stiffness=local.stiffness)
+    return y, st, lam * term
 
 
 def select_regularization(

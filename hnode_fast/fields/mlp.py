@@ -89,8 +89,12 @@ class MaskedMLP(nn.Module):
         activation: one of ``identity, tanh, relu, elu, softplus, silu, sigmoid`` for every hidden
             layer, or a sequence of such names, one per hidden layer (the last layer is linear).
             The triton backend needs one activation for all hidden layers.
-        gates: ``None`` or ``"l0"`` — hard-concrete gates on the inputs of every layer, with the
-            initial keep probability 0.8 on the first layer and 0.5 on the others (Aliee et al.).
+        gates: ``None``, ``"l0"`` — hard-concrete gates on the input units of every layer
+            (shape ``(in_l,)``, Louizos et al.'s group form; closing a first-layer gate drops a
+            feature) — or ``"l0_weight"`` — one gate per weight (shape ``(out_l, in_l)``,
+            Louizos et al.'s per-parameter form; closing gates removes single input->output
+            paths). Initial keep probability 0.8 on the first layer and 0.5 on the others
+            (Aliee et al.).
         bias: ``False`` for layers without biases.
 
     Shapes: ``forward(x)`` maps ``(B, in_dim) -> (B, out_dim)``.
@@ -128,8 +132,8 @@ class MaskedMLP(nn.Module):
         for a in (activation,) if isinstance(activation, str) else acts:
             if a not in ACTIVATIONS:
                 raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {a!r}")
-        if gates not in (None, "l0"):
-            raise ValueError(f"gates must be None or 'l0', got {gates!r}")
+        if gates not in (None, "l0", "l0_weight"):
+            raise ValueError(f"gates must be None, 'l0' or 'l0_weight', got {gates!r}")
         self.in_dim = int(in_dim)
         self.out_dim = int(out_dim)
         self.hidden = hidden
@@ -146,12 +150,13 @@ class MaskedMLP(nn.Module):
         self._noise: Optional[List[torch.Tensor]] = None
         self.edge_weights: Optional[nn.Parameter] = None  # HGS edge weights, see add_edge_weights()
         self.register_buffer("edge_rows", None)
-        if gates == "l0":
+        if gates is not None:
             self.log_alpha = nn.ParameterList()
             for i, layer in enumerate(self.layers):
                 p_drop = 0.2 if i == 0 else 0.5
                 mean = math.log(1 - p_drop) - math.log(p_drop)
-                la = torch.empty(layer.in_features).normal_(mean, 0.01)
+                shape = (layer.in_features,) if gates == "l0" else tuple(layer.weight.shape)
+                la = torch.empty(shape).normal_(mean, 0.01)
                 self.log_alpha.append(nn.Parameter(la))
 
     @classmethod
@@ -204,7 +209,8 @@ class MaskedMLP(nn.Module):
 
     # ------------------------------------------------------------------ gates
     def gate_values(self, i: int) -> Optional[torch.Tensor]:
-        """L0 gates ``z`` of layer ``i`` (shape ``(in_i,)``) or ``None`` without gates.
+        """L0 gates ``z`` of layer ``i`` (shape ``(in_i,)``, or ``(out_i, in_i)`` for
+        ``gates="l0_weight"``) or ``None`` without gates.
 
         Training mode uses the hard-concrete sample drawn by the last :meth:`resample_gates`
         (drawn on first use), so one ODE solve sees ONE gate sample in every field evaluation;

@@ -132,7 +132,7 @@ def _mlp_structure(mlp: MaskedMLP, gates: List[Optional[torch.Tensor]]):
         lv = m.detach().cpu().clone()
         g = gates[i]
         if g is not None:
-            lv &= (g.detach().cpu() != 0)[None, :]
+            lv &= (g.detach().cpu() != 0).expand_as(lv)  # (in,) unit gates or (out, in) weight gates
         live.append(lv)
     L = len(live)
     const = []  # bool (out_l,) per layer

@@ -11,6 +11,8 @@ argument; 0 where the denominator is 0).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -114,3 +116,59 @@ def sample_t_reg(
             j = int(torch.randint(times.numel(), (1,), generator=generator))
             out[b] = times[j]
     return out
+
+
+@dataclass
+class LocalRegularizer:
+    """Pal et al.'s local regularizer as :func:`hf.fit` runs it (``fit(..., local=...)``).
+
+    Loss term at epoch ``e`` of ``E``: ``lambda_e * mean_b(E_est_b h_b [+ rho_b h_b])`` at one
+    ``t_reg`` per trajectory, ``lambda_e = weight * (weight_end / weight) ** (e / (E - 1))``
+    (exponential decay; constant when ``weight_end`` is None). The paper's Physionet schedule
+    is ``weight=100, weight_end=10``.
+
+    Args:
+        weight, weight_end: start and end weight (``> 0``).
+        sampler: ``"uniform"`` (unbiased: ``t_reg ~ U(t0, t1)``) or ``"steps"`` (biased: one of
+            the accepted step start times of the previous epoch's solve of the same
+            trajectory; uniform at the first epoch).
+        stiffness: add the stiffness estimate ``rho h`` (:func:`local_error`).
+        rtol, atol: tolerances of the error estimate (default: ``fit``'s).
+    """
+
+    weight: float = 100.0
+    weight_end: Optional[float] = 10.0
+    sampler: str = "uniform"
+    stiffness: bool = False
+    rtol: Optional[float] = None
+    atol: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "weight_end"):
+            v = getattr(self, name)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"LocalRegularizer.{name} must be finite and > 0, got {v}")
+        if self.sampler not in ("uniform", "steps"):
+            raise ValueError(f"LocalRegularizer.sampler must be 'uniform' or 'steps', got {self.sampler!r}")
+
+    def weight_at(self, epoch: int, epochs: int) -> float:
+        """``lambda_e`` (see the class docstring)."""
+        if self.weight_end is None or epochs <= 1:
+            return float(self.weight)
+        frac = min(1.0, max(0.0, epoch / (epochs - 1)))
+        return float(self.weight * (self.weight_end / self.weight) ** frac)
+
+
+def with_t_reg(t_grid: torch.Tensor, t_reg: torch.Tensor):
+    """Insert one ``t_reg`` per row into ``t_grid (B, T)``: returns ``(grid (B, T + 1), pos
+    (B, T + 1))`` with ``pos[b, k]`` the column of original point ``k`` (``k = T``: ``t_reg``).
+    A ``t_reg`` equal to a grid time moves by ``1e-9`` of the span (up; down at the last time)
+    to keep the grid strictly increasing."""
+    B, T = t_grid.shape
+    tr = t_reg.to(t_grid.dtype).reshape(B, 1)
+    clash = (t_grid == tr).any(dim=1, keepdim=True)
+    step = 1e-9 * (t_grid[:, -1:] - t_grid[:, :1]).abs()
+    step = torch.where(tr >= t_grid[:, -1:], -step, step)
+    tr = torch.where(clash, tr + step, tr)
+    grid, order = torch.sort(torch.cat([t_grid, tr], dim=1), dim=1)
+    return grid, torch.argsort(order, dim=1)

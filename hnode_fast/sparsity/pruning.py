@@ -71,3 +71,63 @@ def prune_edges(field, threshold: float) -> int:
     if mlp is not None and mlp.edge_weights is not None:
         n += mlp.prune_edges(threshold)
     return n
+
+
+@torch.no_grad()
+def prune_gates(field) -> int:
+    """Turn closed L0 gates into masks: every weight whose deterministic (eval-mode) gate
+    ``z = clamp(sigmoid(log_alpha) (zeta - gamma) + gamma, 0, 1)`` is exactly 0 is masked off,
+    so the FieldSpec compacts it away. Returns how many weights were newly masked (0 for a
+    network without gates)."""
+    mlp = _network(field, "prune_gates")
+    if mlp.gates is None:
+        return 0
+    was = mlp.training
+    mlp.eval()
+    n = 0
+    try:
+        for i in range(mlp.n_layers):
+            z = mlp.gate_values(i)
+            m = mlp.masks[i]
+            if z is None:
+                continue
+            new = m & torch.ne(z, 0).expand_as(m)
+            n += int((m & ~new).sum())
+            mlp.set_mask(i, new)
+    finally:
+        mlp.train(was)
+    return n
+
+
+# log_alpha of a frozen gate: hard-concrete samples with |log_alpha| = 20 are exactly 0 or 1 for
+# every u in [eps, 1 - eps] (eps = 1e-6), so frozen gates are deterministic in training mode too
+FROZEN_LOG_ALPHA = 20.0
+
+
+@torch.no_grad()
+def freeze_gates(field) -> int:
+    """End the stochastic phase of L0 training: mask off the weights of closed gates
+    (:func:`prune_gates`), fold the open gates' deterministic values into the weights
+    (``W <- W * z_eval``) and pin every gate to exactly 1 (``log_alpha = +20``, no gradient),
+    so the network computes the same function as the eval-mode gated one, with deterministic
+    gates in training mode as well; then fine-tune the weights without ``reg["l0"]``.
+    Returns how many weights were masked off."""
+    mlp = _network(field, "freeze_gates")
+    if mlp.gates is None:
+        return 0
+    n = prune_gates(field)
+    was = mlp.training
+    mlp.eval()
+    try:
+        zs = [mlp.gate_values(i) for i in range(mlp.n_layers)]
+        for i, z in enumerate(zs):
+            if z is None:
+                continue
+            w = mlp.layers[i].weight
+            w.mul_(z.to(w.dtype).expand_as(w))
+            la = mlp.log_alpha[i]
+            la.fill_(FROZEN_LOG_ALPHA)
+            la.requires_grad_(False)
+    finally:
+        mlp.train(was)
+    return n
