@@ -43,6 +43,15 @@ def test_small_solves_get_one_thread_large_ones_all():
     assert T.solve_threads(big, B=3, available=16) == 1
 
 
+def test_op_encoding_and_its_resolution():
+    h = header_of(demo_field())
+    assert T.op_threads(h, 20) == -1 and T.op_threads(h, 100) == -3  # "at most" the work cap
+    assert T.resolve_threads(-3, available=8) == 3 and T.resolve_threads(-3, available=2) == 2
+    assert T.resolve_threads(0, available=5) == 5 and T.resolve_threads(4, available=2) == 4
+    hf.set_cpu_threads(2)
+    assert T.op_threads(h, 20) == 2 and T.op_threads(h, 1) == 1  # fixed, capped by B
+
+
 def test_fixed_count_and_validation():
     h = header_of(demo_field())
     hf.set_cpu_threads(2)
@@ -77,19 +86,19 @@ def test_solve_uses_the_rule_and_threads_do_not_change_the_solution(monkeypatch,
     from hnode_fast.backends import cpu
 
     seen = []
-    real = cpu.solve_threads
+    real = cpu.op_threads
 
-    def spy(header, B, available=None):
-        n = real(header, B, available)
+    def spy(header, B):
+        n = real(header, B)
         seen.append((B, n))
         return n
 
-    monkeypatch.setattr(cpu, "solve_threads", spy)
+    monkeypatch.setattr(cpu, "op_threads", spy)
     field = demo_field()
     y0 = torch.randn(64, 2, dtype=f64)
     t = torch.linspace(0, 1, 5, dtype=f64)
     y_auto = hf.odeint(field, y0, t, backend="cpu")
-    assert seen and seen[-1][0] == 64 and seen[-1][1] == real(header_of(field), 64)
+    assert seen and seen[-1][0] == 64 and T.resolve_threads(seen[-1][1]) == T.solve_threads(header_of(field), 64)
     hf.set_cpu_threads(2)
     y_two = hf.odeint(field, y0, t, backend="cpu")
     hf.set_cpu_threads(1)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..events import build_stops
 from ..fields.spec import H_D, H_K, H_P
+from .threads import resolve_threads
 
 NAMES = ("ints", "params", "y0", "out_t", "stops", "ev_t", "ev_s", "ev_a", "in_t", "in_v")
 # the ten tensors, then rtol, atol, max_steps, n_threads: the leading arguments of every solver op
@@ -111,8 +112,8 @@ def contig(*ts: Tensor) -> List[Tensor]:
 def pack(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, atol, max_steps, n_threads) -> dict:
     """The argument dict of the C++ launchers (``cpu::args_from_dict``): pointers and sizes of
     contiguous tensors. ``n_threads`` (the CPU kernel's OpenMP threads; the CUDA launcher ignores
-    it): ``n > 0`` exactly ``n``, ``0`` torch's current thread count, ``-n`` at most ``n`` of
-    torch's threads (the work-size cap, :mod:`.threads`, as a torch.compile graph constant)."""
+    it), resolved by :func:`.threads.resolve_threads`: ``n > 0`` exactly ``n``, ``0`` torch's
+    current thread count, ``-n`` at most ``n`` of them (the work-size cap of :func:`.threads.op_threads`)."""
     B, D = y0.shape
     return dict(
         ints=ints.data_ptr(),
@@ -136,7 +137,7 @@ def pack(ints, params, y0, out_t, stops, ev_t, ev_s, ev_a, in_t, in_v, rtol, ato
         rtol=float(rtol),
         atol=float(atol),
         max_steps=int(max_steps),
-        n_threads=int(n_threads) if n_threads > 0 else min(torch.get_num_threads(), -int(n_threads) or torch.get_num_threads()),
+        n_threads=resolve_threads(n_threads),
     )
 
 

@@ -32,7 +32,7 @@ from . import args as A
 from . import ops
 from .caps import CAPS
 from .specs import spec_for
-from .threads import get_cpu_threads, solve_threads, work_cap
+from .threads import op_threads
 
 _OP = "hnode_fast::solve"
 
@@ -219,13 +219,6 @@ def output_slopes(prob) -> Tensor:
     return slopes
 
 
-def _threads_compiling(header, B: int) -> int:
-    """Under torch.compile: the thread choice as a graph constant that reads torch's thread count
-    when the op runs (:func:`.args.pack`): ``n`` when fixed, else ``-cap`` (at most ``cap``)."""
-    fixed = get_cpu_threads()
-    return max(1, min(fixed, B)) if fixed is not None else -work_cap(header, B)
-
-
 def solve(prob):
     """``Problem -> (y (T, B, D), Stats)`` on the CPU kernels.
 
@@ -237,7 +230,7 @@ def solve(prob):
     _lib()
     compiling = torch.compiler.is_compiling()
     checks = prob.checks if compiling else None
-    args = A.solve_args(prob, checks, "cpu", _threads_compiling if compiling else solve_threads)
+    args = A.solve_args(prob, checks, "cpu", op_threads)  # the op resolves it against torch's threads
     params, ev_a = args[1], args[7]
     chk, msgs = A.stack_checks(checks)
     needs_graph = torch.is_grad_enabled() and (params.requires_grad or prob.y0.requires_grad or ev_a.requires_grad)

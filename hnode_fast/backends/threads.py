@@ -72,12 +72,26 @@ def work_cap(header, B: int) -> int:
     return max(1, min(B, (B * eval_cost(header)) // WORK_PER_THREAD))
 
 
-def solve_threads(header, B: int, available: Optional[int] = None) -> int:
-    """Threads for a solve of ``B`` trajectories of the field with FieldSpec ``header``.
-
-    ``available``: the upper bound (default ``torch.get_num_threads()``)."""
+def op_threads(header, B: int) -> int:
+    """The ``n_threads`` argument of the cpu ops for ``B`` trajectories of the field with FieldSpec
+    ``header``: the fixed count (capped by ``B``) when set, else ``-work_cap`` ("at most that many
+    of torch's threads"), resolved when the op runs by :func:`resolve_threads`. Pure Python on the
+    header, so under torch.compile it is a constant of the graph while torch's thread count is
+    still read at run time."""
     fixed = get_cpu_threads()
-    if fixed is not None:
-        return max(1, min(fixed, B))
+    return max(1, min(fixed, B)) if fixed is not None else -work_cap(header, B)
+
+
+def resolve_threads(n: int, available: Optional[int] = None) -> int:
+    """The thread count of an op's ``n_threads``: ``n > 0`` exactly ``n``, ``0`` all of
+    ``available`` (default ``torch.get_num_threads()``), ``-n`` at most ``n`` of them."""
+    if n > 0:
+        return int(n)
     top = torch.get_num_threads() if available is None else int(available)
-    return max(1, min(top, work_cap(header, B)))
+    return top if n == 0 else min(top, -int(n))
+
+
+def solve_threads(header, B: int, available: Optional[int] = None) -> int:
+    """Threads for a solve of ``B`` trajectories of the field with FieldSpec ``header``
+    (:func:`op_threads` resolved). ``available``: the upper bound (default ``torch.get_num_threads()``)."""
+    return resolve_threads(op_threads(header, B), available)

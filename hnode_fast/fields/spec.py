@@ -261,7 +261,7 @@ def spec_structure(
                 rows, cols = lp.rows, lp.cols
                 lv = live[l][rows][:, cols]
                 density = float(lv.sum()) / max(1, lv.numel())
-                act = mlp.act_codes[l] if l < L - 1 else 0
+                act = mlp.act_codes[l]  # 0 (linear) on the last layer
                 max_width = max(max_width, rows.numel())
                 n_out_l, n_in_l = live[l].shape
                 all_rows, all_cols = rows.numel() == n_out_l, cols.numel() == n_in_l
