@@ -4,7 +4,23 @@ plain log line per epoch (so a redirected log is not filled with bar redraws).""
 from __future__ import annotations
 
 import sys
-from typing import Dict, Optional, TextIO
+from typing import Any, Dict, Optional, TextIO
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """``stream.isatty()``, False for streams without it."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty()) if callable(isatty) else False
+
+
+def terminal_bar(total: int, desc: str, stream: Optional[TextIO] = None) -> Optional[Any]:
+    """A tqdm bar on ``stream`` (default ``sys.stderr``) when it is a terminal, else ``None``."""
+    stream = stream if stream is not None else sys.stderr
+    if not is_terminal(stream):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=stream)
 
 
 class Progress:
@@ -22,13 +38,8 @@ class Progress:
         self.total = int(total)
         self.desc = desc
         self.stream = stream if stream is not None else sys.stderr
-        self.bar = None
-        isatty = getattr(self.stream, "isatty", None)
-        self.tty = bool(isatty()) if callable(isatty) else False
-        if self.enabled and self.tty:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True, file=self.stream)
+        self.tty = is_terminal(self.stream)
+        self.bar = terminal_bar(self.total, desc, self.stream) if self.enabled else None
 
     @staticmethod
     def _fields(rec: Dict[str, float]) -> Dict[str, str]:

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .. import sparsity as sp
+from .._progress import is_terminal, terminal_bar
 from ..solve import odeint
 from .model import MNODE
 from .windows import Windows
@@ -34,18 +35,14 @@ class Progress:
 
     def __init__(self, enabled: Optional[bool] = None):
         self.enabled = True if enabled is None else bool(enabled)
-        self.tty = self.enabled and sys.stderr.isatty()
+        self.tty = self.enabled and is_terminal(sys.stderr)
 
     def stage(self, msg: str) -> None:
         if self.enabled:
             print(f"hgs: {msg}", file=sys.stderr, flush=True)
 
     def bar(self, total: int, desc: str):
-        if not self.tty:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        return terminal_bar(total, desc) if self.enabled else None
 
 
 @dataclass
